@@ -1,0 +1,30 @@
+"""One error path for everything a user can get wrong.
+
+Every message says what went wrong *and what to do about it* (Polygraphy's "amazing error messages").
+Raise through :func:`fail` so the CLI can print the message without a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+
+class SanaDeployError(Exception):
+    """An error caused by input the user can fix; the message says how."""
+
+
+class CheckpointError(SanaDeployError):
+    """A checkpoint is missing, unreadable, corrupt, or not a Sana checkpoint."""
+
+
+class ExportError(SanaDeployError):
+    """Export failed (including a parity check above the spec's tolerance)."""
+
+
+class ShapeError(SanaDeployError):
+    """A resolution, batch or profile is not valid."""
+
+
+def fail(message: str, kind: type[SanaDeployError] = SanaDeployError) -> NoReturn:
+    """Raise ``kind(message)``; the single place user-facing errors are raised from."""
+    raise kind(message)

@@ -1,0 +1,237 @@
+"""Sana linear DiT, written for export.
+
+Parameter names are exactly those of diffusers' ``SanaTransformer2DModel`` so diffusers weights load
+with a strict key check. What differs from diffusers is only how the graph is expressed:
+
+* linear attention and Mix-FFN call the ``sana::`` custom ops (exported as ONNX local functions);
+* the sincos positional embedding (2K/4K tiers) is computed from the run-time latent size inside the
+  graph, with the preset's base size and interpolation scale -- there is no fixed-size ``pos_embed`` buffer;
+* the linear-attention output is always clamped to the fp16 range (NVlabs behaviour, reference §1.4, §9).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sana_deploy.models.config import LINEAR_HEAD_DIM, TransformerConfig
+from sana_deploy.plugins.linear_attention import linear_attention
+from sana_deploy.plugins.linear_attention.ref import FP16_MAX
+from sana_deploy.plugins.mix_ffn import mix_ffn
+
+TIMESTEP_CHANNELS = 256
+
+
+class RMSNorm(nn.Module):
+    """diffusers ``RMSNorm`` (fp32 statistics, affine weight)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        x = x * torch.rsqrt(variance + self.eps)
+        if self.weight.dtype in (torch.float16, torch.bfloat16):
+            x = x.to(self.weight.dtype)
+        return (x * self.weight).to(dtype)
+
+
+class Attention(nn.Module):
+    """Projections of one attention layer; the attention itself is chosen by the caller."""
+
+    def __init__(self, dim: int, kv_dim: int, heads: int, head_dim: int, bias: bool, qk_norm: bool) -> None:
+        super().__init__()
+        inner = heads * head_dim
+        self.heads = heads
+        self.to_q = nn.Linear(dim, inner, bias=bias)
+        self.to_k = nn.Linear(kv_dim, inner, bias=bias)
+        self.to_v = nn.Linear(kv_dim, inner, bias=bias)
+        self.norm_q = RMSNorm(inner, eps=1e-5) if qk_norm else None
+        self.norm_k = RMSNorm(inner, eps=1e-5) if qk_norm else None
+        self.to_out = nn.ModuleList([nn.Linear(inner, dim, bias=True)])
+
+    def qkv(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        if self.norm_q is not None:
+            q, k = self.norm_q(q), self.norm_k(k)
+        return q, k, v
+
+
+class MixFFN(nn.Module):
+    """GLUMBConv with diffusers' parameter names; runs as one ``sana::mix_ffn`` op."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.conv_inverted = nn.Conv2d(dim, hidden * 2, 1)
+        self.conv_depth = nn.Conv2d(hidden * 2, hidden * 2, 3, padding=1, groups=hidden * 2)
+        self.conv_point = nn.Conv2d(hidden, dim, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, H, W, C)
+        return mix_ffn(
+            x,
+            self.conv_inverted.weight.flatten(1),
+            self.conv_inverted.bias,
+            self.conv_depth.weight,
+            self.conv_depth.bias,
+            self.conv_point.weight.flatten(1),
+        )
+
+
+class SanaBlock(nn.Module):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        c = cfg.hidden_size
+        self.norm1 = nn.LayerNorm(c, elementwise_affine=False, eps=cfg.norm_eps)
+        self.attn1 = Attention(c, c, cfg.num_attention_heads, LINEAR_HEAD_DIM, cfg.attention_bias, cfg.qk_norm)
+        self.norm2 = nn.LayerNorm(c, elementwise_affine=False, eps=cfg.norm_eps)
+        self.attn2 = Attention(c, c, cfg.num_cross_attention_heads, cfg.cross_attention_head_dim, True, cfg.qk_norm)
+        self.ff = MixFFN(c, cfg.ffn_hidden)
+        self.scale_shift_table = nn.Parameter(torch.zeros(6, c))
+        self.eps = cfg.linear_attention_eps
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, mask_bias: torch.Tensor, t0: torch.Tensor, height: int, width: int
+    ) -> torch.Tensor:
+        b, n, c = x.shape
+        mod = self.scale_shift_table[None] + t0.reshape(b, 6, c)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)
+
+        h = (self.norm1(x) * (1 + scale_msa) + shift_msa).to(x.dtype)
+        q, k, v = self.attn1.qkv(h, h)
+        a = self.attn1.to_out[0](linear_attention(q, k, v, self.attn1.heads, self.eps))
+        x = x + gate_msa * a.clamp(-FP16_MAX, FP16_MAX)
+
+        x = x + self.cross_attention(x, y, mask_bias)
+
+        h = self.norm2(x) * (1 + scale_mlp) + shift_mlp
+        f = self.ff(h.reshape(b, height, width, c)).reshape(b, n, c)
+        return x + gate_mlp * f
+
+    def cross_attention(self, x: torch.Tensor, y: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        q, k, v = self.attn2.qkv(x, y)
+        heads = self.attn2.heads
+        q, k, v = (t.reshape(b, -1, heads, t.shape[-1] // heads).transpose(1, 2) for t in (q, k, v))
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_bias)
+        return self.attn2.to_out[0](o.transpose(1, 2).reshape(b, -1, q.shape[1] * q.shape[3]).to(q.dtype))
+
+
+class _TimestepEmbedder(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.linear_1 = nn.Linear(TIMESTEP_CHANNELS, c)
+        self.linear_2 = nn.Linear(c, c)
+
+
+class _TimeEmbed(nn.Module):
+    """adaLN-single: diffusers ``AdaLayerNormSingle`` layout (``emb.timestep_embedder`` + ``linear``)."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.emb = nn.Module()
+        self.emb.timestep_embedder = _TimestepEmbedder(c)
+        self.linear = nn.Linear(c, 6 * c)
+        half = TIMESTEP_CHANNELS // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+        self.register_buffer("freqs", freqs, persistent=False)
+
+    def forward(self, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        args = t.float()[:, None] * self.freqs[None]
+        proj = torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(dtype)
+        te = self.emb.timestep_embedder
+        embedded = te.linear_2(F.silu(te.linear_1(proj)))
+        return self.linear(F.silu(embedded)), embedded
+
+
+class _CaptionProjection(nn.Module):
+    def __init__(self, in_features: int, c: int) -> None:
+        super().__init__()
+        self.linear_1 = nn.Linear(in_features, c)
+        self.linear_2 = nn.Linear(c, c)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.gelu(self.linear_1(y), approximate="tanh"))
+
+
+class _PatchEmbed(nn.Module):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(cfg.in_channels, cfg.hidden_size, cfg.patch_size, cfg.patch_size)
+        self.base_size = float(cfg.sample_size)
+        self.interpolation_scale = cfg.interpolation_scale
+        quarter = cfg.hidden_size // 4
+        omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+        self.register_buffer("omega", omega.float(), persistent=False)
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        _, _, h, w = latent.shape
+        x = self.proj(latent).flatten(2).transpose(1, 2)
+        if self.interpolation_scale is None:
+            return x
+        return (x + self.pos_embed(h, w)[None]).to(x.dtype)
+
+    def pos_embed(self, h: int, w: int) -> torch.Tensor:
+        """2D sincos table for an h x w latent, positions normalised to ``base_size`` (reference §1.2)."""
+        dev = self.omega.device
+        pos_h = torch.arange(h, device=dev, dtype=torch.float32) / (h / self.base_size) / self.interpolation_scale
+        pos_w = torch.arange(w, device=dev, dtype=torch.float32) / (w / self.base_size) / self.interpolation_scale
+
+        def sincos(pos: torch.Tensor) -> torch.Tensor:
+            out = pos[:, None] * self.omega[None]
+            return torch.cat([torch.sin(out), torch.cos(out)], dim=-1)
+
+        ew, eh = sincos(pos_w), sincos(pos_h)  # (W, D/2), (H, D/2); w comes first, as in diffusers
+        d2 = ew.shape[-1]
+        table = torch.cat([ew[None].expand(h, w, d2), eh[:, None].expand(h, w, d2)], dim=-1)
+        return table.reshape(h * w, 2 * d2)
+
+
+class SanaTransformer(nn.Module):
+    """Sana linear DiT. ``forward(latent, timestep, encoder_hidden_states, encoder_attention_mask)``.
+
+    latent (B, 32, H, W); timestep (B,) float, already ⌊σ·1000⌋ as the scheduler makes it;
+    encoder_hidden_states (B, L, caption_channels); encoder_attention_mask (B, L) with 1 = keep.
+    Returns the flow prediction v (B, 32, H, W).
+    """
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        c = cfg.hidden_size
+        self.patch_embed = _PatchEmbed(cfg)
+        self.time_embed = _TimeEmbed(c)
+        self.caption_projection = _CaptionProjection(cfg.caption_channels, c)
+        self.caption_norm = RMSNorm(c, eps=1e-5)
+        self.transformer_blocks = nn.ModuleList([SanaBlock(cfg) for _ in range(cfg.num_layers)])
+        self.scale_shift_table = nn.Parameter(torch.zeros(2, c))
+        self.norm_out = nn.LayerNorm(c, elementwise_affine=False, eps=1e-6)
+        self.proj_out = nn.Linear(c, cfg.out_channels * cfg.patch_size**2)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.proj_out.weight.dtype
+
+    def forward(
+        self,
+        latent: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        b, _, h, w = latent.shape
+        dtype = self.dtype
+        x = self.patch_embed(latent.to(dtype))
+        t0, embedded_t = self.time_embed(timestep, dtype)
+        y = self.caption_norm(self.caption_projection(encoder_hidden_states.to(dtype)))
+        mask_bias = ((1 - encoder_attention_mask.to(dtype)) * -10000.0)[:, None, None, :]
+        for block in self.transformer_blocks:
+            x = block(x, y, mask_bias, t0, h, w)
+        shift, scale = (self.scale_shift_table[None] + embedded_t[:, None]).chunk(2, dim=1)
+        x = self.proj_out(self.norm_out(x) * (1 + scale) + shift)
+        return x.reshape(b, h, w, -1).permute(0, 3, 1, 2)
