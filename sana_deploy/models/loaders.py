@@ -1,0 +1,280 @@
+"""Load Sana from a preset name, a diffusers folder, an NVlabs ``.pth`` or a ``.safetensors`` file.
+
+Weights are read with ``torch.load(..., weights_only=True)`` or safetensors only. A checkpoint whose keys
+do not match the assumed config fails with the list of missing/unexpected keys and the config it assumed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from sana_deploy.errors import CheckpointError, fail
+from sana_deploy.models.components import COMPONENTS, SanaComponents
+from sana_deploy.models.config import (
+    DEFAULT_MODEL,
+    PRESETS,
+    TINY_PRESETS,
+    SanaPreset,
+    TransformerConfig,
+    get_preset,
+    preset_for,
+)
+from sana_deploy.models.convert import DROPPED_PREFIXES, is_nvlabs, nvlabs_to_diffusers, unwrap
+from sana_deploy.models.transformer import SanaTransformer
+
+log = logging.getLogger(__name__)
+_SHOWN_KEYS = 12
+_CROSS_HEADS = {1152: (16, 72), 2240: (20, 112)}  # cannot be read from weights (reference §5)
+
+
+def load_components(
+    model: str | Path = DEFAULT_MODEL,
+    components: tuple[str, ...] = COMPONENTS,
+    dtype: torch.dtype = torch.float32,
+    preset: str | None = None,
+    random_weights: bool = False,
+    seed: int = 0,
+) -> SanaComponents:
+    """Load ``components`` of ``model``.
+
+    model: a preset name (``sana-tiny``: seeded random weights, always available; a released preset needs
+        ``random_weights=True``, since sana-deploy never downloads), a diffusers folder, or a transformer
+        checkpoint file (``.pth``/``.pt``/``.safetensors``, NVlabs or diffusers keys).
+    preset: for single-file checkpoints, the released variant it is (sets PE mode, flow_shift and the
+        VAE/text-encoder configs); inferred from the weights' dimensions when None.
+    """
+    from sana_deploy.models.random import random_components
+
+    key = str(model)
+    if key.lower() in PRESETS and not Path(key).exists():
+        p = get_preset(key)
+        if p.name in TINY_PRESETS or random_weights:
+            return random_components(p, components, dtype, seed)
+        fail(
+            f"Preset {p.name!r} has no weights on this machine and sana-deploy never downloads at run time. "
+            f"Download {p.hub_id} (e.g. `huggingface-cli download {p.hub_id} --local-dir DIR`) and pass "
+            f"--model DIR, or use random weights for benchmarking (random_weights=True / --random-weights).",
+            CheckpointError,
+        )
+    path = Path(model)
+    if not path.exists():
+        valid = ", ".join(sorted(PRESETS))
+        fail(f"{key!r} is neither a preset ({valid}) nor an existing path.", CheckpointError)
+    if path.is_dir():
+        return load_diffusers_folder(path, components, dtype)
+    return load_transformer_file(path, dtype, preset)
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt, truncated, pickled code, not a checkpoint at all
+        fail(
+            f"Could not read checkpoint {path}: {type(exc).__name__}: {exc}. Check that the file is a complete "
+            f"download of a .pth/.safetensors checkpoint (pickled code is refused: weights_only=True).",
+            CheckpointError,
+        )
+    if not isinstance(obj, dict):
+        fail(f"{path} does not contain a state dict (found {type(obj).__name__}).", CheckpointError)
+    return unwrap(obj)
+
+
+def _config_from_weights(sd: dict[str, torch.Tensor], path: Path, preset: str | None) -> tuple[SanaPreset, str]:
+    """The preset a diffusers-layout transformer state dict is assumed to be, and a sentence saying why."""
+    if "patch_embed.proj.weight" not in sd or "caption_projection.linear_1.weight" not in sd:
+        sample = ", ".join(sorted(sd)[:5]) or "none"
+        fail(
+            f"{path} is not a Sana transformer checkpoint: no patch_embed/x_embedder or caption projection "
+            f"weights (first keys: {sample}). Pass a Sana .pth/.safetensors or a diffusers folder.",
+            CheckpointError,
+        )
+    hidden = sd["patch_embed.proj.weight"].shape[0]
+    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("transformer_blocks."))
+    if preset is not None:
+        p = get_preset(preset)
+        return p, f"preset {p.name} (given)"
+    if hidden not in _CROSS_HEADS:
+        fail(f"{path}: hidden size {hidden} is not a released Sana size; pass --preset to say which config it is.")
+    heads, head_dim = _CROSS_HEADS[hidden]
+    t = TransformerConfig(
+        num_layers=depth,
+        hidden_size=hidden,
+        num_cross_attention_heads=heads,
+        cross_attention_head_dim=head_dim,
+        caption_channels=sd["caption_projection.linear_1.weight"].shape[1],
+        mlp_ratio=sd["transformer_blocks.0.ff.conv_point.weight"].shape[1] / hidden,
+        qk_norm="transformer_blocks.0.attn1.norm_q.weight" in sd,
+    )
+    p = preset_for(t)
+    if p is None:
+        p = SanaPreset(f"{path.stem}", t)
+        return p, f"config inferred from the weights ({depth} blocks, hidden {hidden}; 1024px tier, no PE)"
+    return p, f"preset {p.name} (inferred from the weights; pass --preset for 2K/4K checkpoints)"
+
+
+def load_transformer_file(path: Path, dtype: torch.dtype = torch.float32, preset: str | None = None) -> SanaComponents:
+    """A single transformer checkpoint, NVlabs or diffusers keys, ``.pth``/``.pt``/``.bin``/``.safetensors``."""
+    sd = _read_state_dict(path)
+    layout = "diffusers"
+    if is_nvlabs(sd):
+        sd, unmapped = nvlabs_to_diffusers(sd)
+        layout = "NVlabs"
+        if unmapped:
+            sd.update({k: torch.empty(0) for k in unmapped})  # reported as unexpected below
+    p, why = _config_from_weights(sd, path, preset)
+    model = _strict_load(SanaTransformer(p.transformer), sd, path, why)
+    return SanaComponents(
+        preset=p, model_id=str(path), transformer=model.to(dtype).eval(), source=f"{layout} checkpoint, {why}"
+    )
+
+
+def _strict_load(model: SanaTransformer, sd: dict[str, torch.Tensor], path: Path, why: str) -> SanaTransformer:
+    sd = {k: v for k, v in sd.items() if not k.startswith(DROPPED_PREFIXES) and k != "patch_embed.pos_embed"}
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    mismatched = sorted(k for k in set(sd) & set(expected) if sd[k].shape != expected[k].shape)
+    if missing or unexpected or mismatched:
+
+        def show(keys: list[str]) -> str:
+            more = f" ... (+{len(keys) - _SHOWN_KEYS} more)" if len(keys) > _SHOWN_KEYS else ""
+            return ", ".join(keys[:_SHOWN_KEYS]) + more
+
+        lines = [f"Checkpoint {path} does not match the assumed config: {why}."]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {show(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {show(unexpected)}")
+        if mismatched:
+            shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(expected[k].shape)}" for k in mismatched]
+            lines.append(f"  shape mismatches ({len(mismatched)}): {show(shapes)}")
+        lines.append("Pass --preset NAME if the variant was guessed wrong, or check the checkpoint is complete.")
+        fail("\n".join(lines), CheckpointError)
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        fail(f"Could not read {path}: {exc}", CheckpointError)
+
+
+def _folder_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """All weight files of a diffusers component folder (single file, shards, or variants)."""
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    if not files:
+        fail(f"No weights (*.safetensors or *.bin) in {folder}.", CheckpointError)
+    variants = [f for f in files if f.name.count(".") == 1] or files  # prefer the plain (non-variant) files
+    sd: dict[str, torch.Tensor] = {}
+    for f in variants:
+        sd.update(_read_state_dict(f))
+    return sd
+
+
+def load_diffusers_folder(
+    folder: Path, components: tuple[str, ...] = COMPONENTS, dtype: torch.dtype = torch.float32
+) -> SanaComponents:
+    """A diffusers Sana folder (``transformer/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``)."""
+    if not (folder / "transformer").is_dir() and not (folder / "model_index.json").exists():
+        fail(
+            f"{folder} is not a diffusers Sana folder (no transformer/ or model_index.json). Pass the folder "
+            f"that holds transformer/, vae/, text_encoder/ and tokenizer/.",
+            CheckpointError,
+        )
+    tcfg = TransformerConfig.from_diffusers(_read_json(folder / "transformer" / "config.json"))
+    known = preset_for(tcfg)
+    flow_shift = known.flow_shift if known else 3.0
+    sched = folder / "scheduler" / "scheduler_config.json"
+    if sched.exists():
+        flow_shift = float(_read_json(sched).get("flow_shift", flow_shift))
+    vae_cfg_path = folder / "vae" / "config.json"
+    te_cfg_path = folder / "text_encoder" / "config.json"
+    preset = SanaPreset(
+        name=folder.name,
+        transformer=tcfg,
+        vae=_read_json(vae_cfg_path) if vae_cfg_path.exists() else (known.vae if known else {}),
+        text_encoder=_read_json(te_cfg_path) if te_cfg_path.exists() else (known.text_encoder if known else {}),
+        flow_shift=flow_shift,
+        dtype=known.dtype if known else "fp32",
+        hub_id=known.hub_id if known else None,
+    )
+    why = f"config from {folder / 'transformer' / 'config.json'}" + (f" (= preset {known.name})" if known else "")
+    out = SanaComponents(preset=preset, model_id=str(folder), source=f"diffusers folder, {why}")
+    if "transformer" in components:
+        sd = _folder_state_dict(folder / "transformer")
+        out.transformer = _strict_load(SanaTransformer(tcfg), sd, folder / "transformer", why).to(dtype).eval()
+    if "vae" in components:
+        from diffusers import AutoencoderDC
+
+        out.vae = _from_pretrained(AutoencoderDC, folder / "vae", dtype)
+    if "text_encoder" in components:
+        from transformers import AutoModel, AutoTokenizer
+
+        te = _from_pretrained(AutoModel, folder / "text_encoder", dtype, attn_implementation="eager")
+        out.text_encoder = te.get_decoder() if hasattr(te, "get_decoder") and te.get_decoder() is not te else te
+        out.tokenizer = _from_pretrained(AutoTokenizer, folder / "tokenizer", None)
+        out.tokenizer.padding_side = "right"
+    return out
+
+
+def _from_pretrained(cls, path: Path, dtype: torch.dtype | None, **kwargs):
+    if not path.is_dir():
+        fail(f"Missing folder {path}; the diffusers folder is incomplete.", CheckpointError)
+    try:
+        if dtype is None:
+            return cls.from_pretrained(str(path), **kwargs)
+        return cls.from_pretrained(str(path), torch_dtype=dtype, **kwargs).eval()
+    except Exception as exc:
+        fail(f"Could not load {path}: {type(exc).__name__}: {exc}", CheckpointError)
+
+
+def save_diffusers_folder(components: SanaComponents, folder: Path) -> Path:
+    """Write ``components`` as a diffusers folder that diffusers' ``SanaPipeline.from_pretrained`` can load."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    p = components.preset
+    index = {"_class_name": "SanaPipeline", "_diffusers_version": "0.32.0"}
+    if components.transformer is not None:
+        (folder / "transformer").mkdir(exist_ok=True)
+        cfg = {"_class_name": "SanaTransformer2DModel", **p.transformer.to_diffusers()}
+        (folder / "transformer" / "config.json").write_text(json.dumps(cfg, indent=2))
+        sd = {k: v.contiguous() for k, v in components.transformer.state_dict().items()}
+        save_file(sd, str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
+        index["transformer"] = ["diffusers", "SanaTransformer2DModel"]
+    if components.vae is not None:
+        components.vae.save_pretrained(str(folder / "vae"))
+        index["vae"] = ["diffusers", "AutoencoderDC"]
+    if components.text_encoder is not None:
+        components.text_encoder.save_pretrained(str(folder / "text_encoder"))
+        components.tokenizer.save_pretrained(str(folder / "tokenizer"))
+        index["text_encoder"] = ["transformers", "Gemma2Model"]
+        index["tokenizer"] = ["transformers", "GemmaTokenizerFast"]
+    (folder / "scheduler").mkdir(exist_ok=True)
+    sched = {
+        "_class_name": "DPMSolverMultistepScheduler",
+        "algorithm_type": "dpmsolver++",
+        "solver_order": 2,
+        "solver_type": "midpoint",
+        "lower_order_final": True,
+        "final_sigmas_type": "zero",
+        "use_flow_sigmas": True,
+        "flow_shift": p.flow_shift,
+        "prediction_type": "flow_prediction",
+        "num_train_timesteps": 1000,
+    }
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched, indent=2))
+    index["scheduler"] = ["diffusers", "DPMSolverMultistepScheduler"]
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder
