@@ -1,0 +1,15 @@
+"""ONNX export of Sana components (dynamic shapes, ``sana`` local functions, parity-checked)."""
+
+from sana_deploy.export.exporter import ExportResult, export_component, export_dir, export_model, load_manifest
+from sana_deploy.export.specs import SPECS, ExportSpec, TensorSpec
+
+__all__ = [
+    "SPECS",
+    "ExportResult",
+    "ExportSpec",
+    "TensorSpec",
+    "export_component",
+    "export_dir",
+    "export_model",
+    "load_manifest",
+]

@@ -1,0 +1,243 @@
+"""Export Sana components to ONNX with dynamic axes, ``sana`` local functions and a parity check.
+
+Every export is written into a temporary folder next to its destination and renamed into place only
+after ``onnx.checker`` and the parity check passed, so a failed or killed export never leaves a file that
+looks finished. Layout: ``<out>/<precision>/<component>/{model.onnx[, model.onnx.data], manifest.json}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+
+from sana_deploy.errors import ExportError, SanaDeployError, fail
+from sana_deploy.export.onnx_functions import DOMAIN, FUNCTION_VERSION, PLUGIN_ATTRS, attach_functions, register_schemas
+from sana_deploy.export.parity import ParityResult, check_parity
+from sana_deploy.export.specs import SPECS, ExportSpec
+from sana_deploy.models.components import SanaComponents, parse_components, torch_dtype
+from sana_deploy.plugins.registry import use_kernels
+from sana_deploy.versions import package_versions
+
+OPSET = 18
+MANIFEST_FORMAT = "sana-deploy/export/1"
+EXTERNAL_DATA_THRESHOLD = 1 << 31  # protobuf's 2 GiB limit
+MODEL_FILE = "model.onnx"
+
+
+@dataclass
+class ExportResult:
+    component: str
+    precision: str
+    path: Path  # the model.onnx
+    manifest: dict
+    parity: list[ParityResult]
+    seconds: float
+
+
+def component_dtype(component: str, precision: str) -> torch.dtype:
+    """Precision policy: the transformer takes ``precision``; the DC-AE and Gemma-2 are never run in fp16
+    (the Sana docs: they "must stay in bfloat16 or float32"), so fp16 exports keep them in fp32."""
+    if component != "transformer" and precision == "fp16":
+        return torch.float32
+    return torch_dtype(precision)
+
+
+def export_dir(out: Path, component: str, precision: str) -> Path:
+    return Path(out) / precision / component
+
+
+def _progress(msg: str) -> None:
+    print(f"[sana-deploy export] {msg}", file=sys.stderr, flush=True)
+
+
+def _translation_table() -> dict:
+    from onnxscript.values import Opset
+
+    register_schemas()
+    sana = Opset(DOMAIN, FUNCTION_VERSION)
+
+    def linear_attention(q, k, v, heads: int, eps: float):
+        return sana.LinearAttention(q, k, v, heads=heads, eps=eps, **PLUGIN_ATTRS)
+
+    def mix_ffn(x, w_inv, b_inv, w_dw, b_dw, w_pt):
+        groups = int(w_dw.shape[0])
+        return sana.MixFFN(x, w_inv, b_inv, w_dw, b_dw, w_pt, dw_channels=groups, **PLUGIN_ATTRS)
+
+    return {torch.ops.sana.linear_attention.default: linear_attention, torch.ops.sana.mix_ffn.default: mix_ffn}
+
+
+def _dynamic_shapes(spec: ExportSpec) -> tuple:
+    dims = {name: torch.export.Dim(name, min=r.min, max=r.max) for name, r in spec.axes.items()}
+    return tuple({i: dims[d] for i, d in enumerate(t.shape) if isinstance(d, str)} for t in spec.inputs)
+
+
+def trace_to_onnx(module: torch.nn.Module, spec: ExportSpec, inputs: dict[str, torch.Tensor]) -> onnx.ModelProto:
+    """torch.export + the dynamo ONNX exporter, ``sana::`` ops as ``sana`` nodes with function bodies."""
+    with use_kernels("reference"), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module,
+            tuple(inputs.values()),
+            dynamo=True,
+            input_names=[t.name for t in spec.inputs],
+            output_names=[t.name for t in spec.outputs],
+            dynamic_shapes=_dynamic_shapes(spec),
+            custom_translation_table=_translation_table(),
+            opset_version=OPSET,
+            verbose=False,
+        )
+    model = program.model_proto
+    attach_functions(model)
+    model.producer_name = "sana-deploy"
+    return model
+
+
+def _save(model: onnx.ModelProto, path: Path) -> list[str]:
+    big = model.ByteSize() > EXTERNAL_DATA_THRESHOLD * 0.9 if _serializable(model) else True
+    if big:
+        onnx.save_model(
+            model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data"
+        )
+        return [path.name, path.name + ".data"]
+    onnx.save_model(model, str(path))
+    return [path.name]
+
+
+def _serializable(model: onnx.ModelProto) -> bool:
+    try:
+        return model.ByteSize() < EXTERNAL_DATA_THRESHOLD
+    except Exception:  # protobuf refuses to size messages over 2 GiB
+        return False
+
+
+def _sha256_files(folder: Path, files: list[str]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in files:
+        with open(folder / name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        fail(f"Cannot write to output folder {out}: {exc.strerror or exc}. Pass --out with a writable folder.")
+
+
+def _clean_stale_temps(parent: Path) -> None:
+    for stale in parent.glob(".tmp-*"):
+        if stale.is_dir() and time.time() - stale.stat().st_mtime > 3600:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def export_component(
+    components: SanaComponents,
+    component: str,
+    precision: str = "fp32",
+    out: Path | str = "export/sana-tiny",
+    parity: bool = True,
+) -> ExportResult:
+    """Export one component; returns where it went, its manifest and the parity results."""
+    start = time.perf_counter()
+    spec = SPECS[component](components)
+    dtype = component_dtype(component, precision)
+    final = export_dir(Path(out), component, precision)
+    _check_writable(final.parent)
+    _clean_stale_temps(final.parent)
+    module = spec.wrap(components).to(dtype).eval()
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{component}-", dir=final.parent))
+    try:
+        _progress(f"{component} ({precision}): tracing with torch.export (dynamic {', '.join(spec.axes)})")
+        model = trace_to_onnx(module, spec, spec.dummy_inputs(components, spec.export_sizes))
+        _progress(f"{component}: {len(model.graph.node)} nodes, functions {[f.name for f in model.functions]}")
+        files = _save(model, tmp / MODEL_FILE)
+        onnx.checker.check_model(str(tmp / MODEL_FILE))
+        results: list[ParityResult] = []
+        if parity:
+            results = check_parity(tmp / MODEL_FILE, module, spec, components, precision, progress=_progress)
+            bad = [r for r in results if not r.ok]
+            if bad:
+                lines = "\n".join(f"  {r}" for r in bad)
+                fail(f"Parity check failed for {component} ({precision}):\n{lines}", ExportError)
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "model_id": components.model_id,
+            "preset": components.preset.name,
+            "weights_sha256": components.content_hash(component),
+            "component": component,
+            "precision": precision,
+            "dtype": str(dtype).replace("torch.", ""),
+            "opset": OPSET,
+            "onnx_sha256": _sha256_files(tmp, files),
+            "files": files,
+            "inputs": [t.to_json() for t in spec.inputs],
+            "outputs": [t.to_json() for t in spec.outputs],
+            "axes": {k: [r.min, r.max] for k, r in spec.axes.items()},
+            "sana_functions": sorted(f.name for f in model.functions if f.domain == DOMAIN),
+            "parity": [r.to_json() for r in results],
+            "versions": package_versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        manifest["export_seconds"] = round(time.perf_counter() - start, 2)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        _replace_dir(tmp, final)
+    except SanaDeployError:
+        raise
+    except Exception as exc:
+        raise ExportError(f"Export of {component} ({precision}) failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ExportResult(component, precision, final / MODEL_FILE, manifest, results, manifest["export_seconds"])
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move a finished export into place; an older export at ``dst`` is swapped out, then removed."""
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".tmp-old-{dst.name}-{os.getpid()}")
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export_model(
+    components: SanaComponents,
+    component_names: str | tuple[str, ...] | None = None,
+    precision: str = "fp32",
+    out: Path | str | None = None,
+    parity: bool = True,
+) -> list[ExportResult]:
+    """Export several components of one model (default: all that are loaded)."""
+    torch_dtype(precision)  # validates the name
+    names = parse_components(component_names)
+    out = Path(out) if out is not None else default_export_root(components)
+    return [export_component(components, c, precision, out, parity) for c in names]
+
+
+def default_export_root(components: SanaComponents) -> Path:
+    name = Path(components.model_id).name if os.sep in components.model_id else components.model_id
+    return Path("export") / name
+
+
+def load_manifest(onnx_path: Path) -> dict:
+    path = Path(onnx_path).with_name("manifest.json")
+    if not path.exists():
+        fail(f"No manifest.json next to {onnx_path}; re-export it with `sana-deploy export`.")
+    return json.loads(path.read_text())

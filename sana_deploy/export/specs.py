@@ -1,0 +1,183 @@
+"""One declarative export spec per component: inputs, outputs, dynamic axes, dummy inputs, tolerance.
+
+All float I/O is fp32 whatever the precision inside (the graph casts at its edges), masks and token ids
+are int64, so runtimes and engines never need to know the precision a graph was exported in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sana_deploy.models.components import SanaComponents
+from sana_deploy.models.config import LATENT_CHANNELS, TEXT_MAX_LENGTH, VAE_SCALE
+
+Dim = int | str  # a fixed size, or the name of a dynamic axis
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: torch.dtype = torch.float32
+
+    def resolve(self, sizes: dict[str, int]) -> tuple[int, ...]:
+        """Concrete shape for the given axis sizes (axis expressions like ``32*latent_h`` allowed)."""
+        return tuple(d if isinstance(d, int) else _eval(d, sizes) for d in self.shape)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": str(self.dtype).replace("torch.", "")}
+
+
+def _eval(expr: str, sizes: dict[str, int]) -> int:
+    if "*" in expr:
+        a, b = expr.split("*")
+        return int(a) * sizes[b]
+    return sizes[expr]
+
+
+@dataclass(frozen=True)
+class AxisRange:
+    """Range torch.export may assume for a dynamic axis (the graph is valid across all of it)."""
+
+    min: int
+    max: int
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    component: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    axes: dict[str, AxisRange]
+    export_sizes: dict[str, int]  # the dummy input's sizes; parity sizes are chosen to differ from it
+    parity_sizes: tuple[dict[str, int], ...]
+    tolerance: dict[str, float]  # precision -> max relative error (max|onnx - torch| / max|torch|)
+    wrap: Callable[[SanaComponents], nn.Module]
+
+    def dummy_inputs(self, components: SanaComponents, sizes: dict[str, int], seed: int = 0) -> dict[str, torch.Tensor]:
+        """Seeded inputs of the given sizes, valid for the component (e.g. in-vocabulary token ids)."""
+        g = torch.Generator().manual_seed(seed)
+        out = {}
+        for spec in self.inputs:
+            shape = spec.resolve(sizes)
+            if spec.name == "timestep":
+                out[spec.name] = torch.randint(0, 1000, shape, generator=g).float()
+            elif spec.name == "input_ids":
+                vocab = components.preset.text_encoder.get("vocab_size", 256)
+                out[spec.name] = torch.randint(4, min(vocab, 260), shape, generator=g)
+            elif spec.dtype == torch.int64:  # attention masks: keep a prefix of each row, at least one token
+                lengths = torch.randint(1, shape[1] + 1, (shape[0],), generator=g)
+                lengths[0] = shape[1]
+                out[spec.name] = (torch.arange(shape[1])[None] < lengths[:, None]).long()
+            else:
+                out[spec.name] = torch.randn(shape, generator=g)
+        return out
+
+
+class _TransformerIO(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, latent, timestep, encoder_hidden_states, encoder_attention_mask):
+        return self.model(latent, timestep, encoder_hidden_states, encoder_attention_mask).float()
+
+
+class _VaeDecoderIO(nn.Module):
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latent):
+        dtype = next(self.vae.parameters()).dtype
+        return self.vae.decode(latent.to(dtype), return_dict=False)[0].float()
+
+
+class _TextEncoderIO(nn.Module):
+    def __init__(self, text_encoder: nn.Module) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder
+
+    def forward(self, input_ids, attention_mask):
+        return self.text_encoder(input_ids=input_ids, attention_mask=attention_mask)[0].float()
+
+
+def transformer_spec(components: SanaComponents) -> ExportSpec:
+    caption = components.preset.transformer.caption_channels
+    return ExportSpec(
+        component="transformer",
+        inputs=(
+            TensorSpec("latent", ("batch", LATENT_CHANNELS, "latent_h", "latent_w")),
+            TensorSpec("timestep", ("batch",)),
+            TensorSpec("encoder_hidden_states", ("batch", "text_len", caption)),
+            TensorSpec("encoder_attention_mask", ("batch", "text_len"), torch.int64),
+        ),
+        outputs=(TensorSpec("noise_pred", ("batch", LATENT_CHANNELS, "latent_h", "latent_w")),),
+        axes={
+            "batch": AxisRange(1, 64),
+            "latent_h": AxisRange(2, 512),
+            "latent_w": AxisRange(2, 512),
+            "text_len": AxisRange(2, 1024),
+        },
+        export_sizes={"batch": 2, "latent_h": 20, "latent_w": 28, "text_len": 40},
+        parity_sizes=(
+            {"batch": 1, "latent_h": 32, "latent_w": 32, "text_len": TEXT_MAX_LENGTH},
+            {"batch": 1, "latent_h": 24, "latent_w": 32, "text_len": TEXT_MAX_LENGTH},
+            {"batch": 1, "latent_h": 32, "latent_w": 24, "text_len": 77},
+            {"batch": 2, "latent_h": 48, "latent_w": 64, "text_len": TEXT_MAX_LENGTH},
+        ),
+        tolerance={"fp32": 1e-5, "fp16": 2e-2, "bf16": 5e-2},
+        wrap=lambda c: _TransformerIO(c.get("transformer")),
+    )
+
+
+def vae_spec(components: SanaComponents) -> ExportSpec:
+    # Latents of at least 6x6: DC-AE's multiscale attention switches to a quadratic path at H*W <= 32,
+    # which no real resolution reaches; the graph is exported for the linear path only.
+    return ExportSpec(
+        component="vae",
+        inputs=(TensorSpec("latent", ("batch", LATENT_CHANNELS, "latent_h", "latent_w")),),
+        outputs=(TensorSpec("sample", ("batch", 3, f"{VAE_SCALE}*latent_h", f"{VAE_SCALE}*latent_w")),),
+        axes={"batch": AxisRange(1, 64), "latent_h": AxisRange(6, 512), "latent_w": AxisRange(6, 512)},
+        export_sizes={"batch": 2, "latent_h": 10, "latent_w": 14},
+        parity_sizes=(
+            {"batch": 1, "latent_h": 8, "latent_w": 8},
+            {"batch": 1, "latent_h": 6, "latent_w": 8},
+            {"batch": 1, "latent_h": 8, "latent_w": 6},
+            {"batch": 2, "latent_h": 12, "latent_w": 16},
+        ),
+        tolerance={"fp32": 1e-5, "fp16": 2e-2, "bf16": 5e-2},
+        wrap=lambda c: _VaeDecoderIO(c.get("vae")),
+    )
+
+
+def text_encoder_spec(components: SanaComponents) -> ExportSpec:
+    hidden = components.preset.text_encoder.get("hidden_size", 2304)
+    return ExportSpec(
+        component="text_encoder",
+        inputs=(
+            TensorSpec("input_ids", ("batch", "seq"), torch.int64),
+            TensorSpec("attention_mask", ("batch", "seq"), torch.int64),
+        ),
+        outputs=(TensorSpec("last_hidden_state", ("batch", "seq", hidden)),),
+        axes={"batch": AxisRange(1, 64), "seq": AxisRange(2, 2048)},
+        export_sizes={"batch": 2, "seq": 48},
+        parity_sizes=(
+            {"batch": 1, "seq": TEXT_MAX_LENGTH},
+            {"batch": 2, "seq": 77},
+            {"batch": 1, "seq": 333},
+        ),
+        tolerance={"fp32": 1e-5, "fp16": 2e-2, "bf16": 5e-2},
+        wrap=lambda c: _TextEncoderIO(c.get("text_encoder")),
+    )
+
+
+SPECS: dict[str, Callable[[SanaComponents], ExportSpec]] = {
+    "transformer": transformer_spec,
+    "vae": vae_spec,
+    "text_encoder": text_encoder_spec,
+}
