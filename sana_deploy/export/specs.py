@@ -164,7 +164,7 @@ def text_encoder_spec(components: SanaComponents) -> ExportSpec:
             TensorSpec("attention_mask", ("batch", "seq"), torch.int64),
         ),
         outputs=(TensorSpec("last_hidden_state", ("batch", "seq", hidden)),),
-        axes={"batch": AxisRange(1, 64), "seq": AxisRange(2, 2048)},
+        axes={"batch": AxisRange(1, 64), "seq": AxisRange(2, 4096)},
         export_sizes={"batch": 2, "seq": 48},
         parity_sizes=(
             {"batch": 1, "seq": TEXT_MAX_LENGTH},

@@ -233,7 +233,7 @@ TINY_GEMMA2: dict[str, Any] = {
     "num_key_value_heads": 1,
     "head_dim": 32,
     "query_pre_attn_scalar": 32,
-    "max_position_embeddings": 1024,
+    "max_position_embeddings": 4096,
 }
 TINY_DCAE: dict[str, Any] = {
     **DCAE_SANA_1_0,
