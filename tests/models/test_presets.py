@@ -18,7 +18,11 @@ def test_positional_embedding_tiers():
     assert not get_preset("sana-1.6b-1024").transformer.use_pe
     two_k, four_k = get_preset("sana-1.6b-2k"), get_preset("sana-1.6b-4k")
     assert (two_k.transformer.interpolation_scale, two_k.transformer.sample_size, two_k.flow_shift) == (1.0, 64, 3.0)
-    assert (four_k.transformer.interpolation_scale, four_k.transformer.sample_size, four_k.flow_shift) == (2.0, 128, 6.0)
+    assert (four_k.transformer.interpolation_scale, four_k.transformer.sample_size, four_k.flow_shift) == (
+        2.0,
+        128,
+        6.0,
+    )
     assert four_k.resolution == 4096 and four_k.dtype == "bf16"
 
 
