@@ -24,7 +24,7 @@ from sana_deploy.errors import ExportError, SanaDeployError, fail
 from sana_deploy.export.onnx_functions import DOMAIN, FUNCTION_VERSION, PLUGIN_ATTRS, attach_functions, register_schemas
 from sana_deploy.export.parity import ParityResult, check_parity
 from sana_deploy.export.specs import SPECS, ExportSpec
-from sana_deploy.models.components import SanaComponents, parse_components, torch_dtype
+from sana_deploy.models.components import SanaComponents, module_of, parse_components, torch_dtype
 from sana_deploy.plugins.registry import use_kernels
 from sana_deploy.versions import package_versions
 
@@ -47,7 +47,7 @@ class ExportResult:
 def component_dtype(component: str, precision: str) -> torch.dtype:
     """Precision policy: the transformer takes ``precision``; the DC-AE and Gemma-2 are never run in fp16
     (the Sana docs: they "must stay in bfloat16 or float32"), so fp16 exports keep them in fp32."""
-    if component != "transformer" and precision == "fp16":
+    if module_of(component) != "transformer" and precision == "fp16":
         return torch.float32
     return torch_dtype(precision)
 

@@ -87,6 +87,24 @@ class _TransformerIO(nn.Module):
         return self.model(latent, timestep, encoder_hidden_states, encoder_attention_mask).float()
 
 
+class _TransformerTextIO(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, encoder_hidden_states):
+        return self.model.text_kv(encoder_hidden_states).float()
+
+
+class _TransformerCachedIO(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, latent, timestep, text_kv, encoder_attention_mask):
+        return self.model.forward_cached(latent, timestep, text_kv, encoder_attention_mask).float()
+
+
 class _VaeDecoderIO(nn.Module):
     def __init__(self, vae: nn.Module) -> None:
         super().__init__()
@@ -135,6 +153,40 @@ def transformer_spec(components: SanaComponents) -> ExportSpec:
     )
 
 
+def transformer_text_spec(components: SanaComponents) -> ExportSpec:
+    """Caption projection + every block's cross-attention K/V, once per request (opt-in split)."""
+    t = components.preset.transformer
+    base = transformer_spec(components)
+    return ExportSpec(
+        component="transformer_text",
+        inputs=(TensorSpec("encoder_hidden_states", ("batch", "text_len", t.caption_channels)),),
+        outputs=(TensorSpec("text_kv", (t.num_layers, 2, "batch", "text_len", t.hidden_size)),),
+        axes={"batch": base.axes["batch"], "text_len": base.axes["text_len"]},
+        export_sizes={"batch": 2, "text_len": 40},
+        parity_sizes=({"batch": 1, "text_len": TEXT_MAX_LENGTH}, {"batch": 2, "text_len": 77}),
+        tolerance=base.tolerance,
+        wrap=lambda c: _TransformerTextIO(c.get("transformer")),
+    )
+
+
+def transformer_cached_spec(components: SanaComponents) -> ExportSpec:
+    """One denoising step that takes the caption K/V from ``transformer_text`` (opt-in split)."""
+    t = components.preset.transformer
+    base = transformer_spec(components)
+    inputs = list(base.inputs)
+    inputs[2] = TensorSpec("text_kv", (t.num_layers, 2, "batch", "text_len", t.hidden_size))
+    return ExportSpec(
+        component="transformer_cached",
+        inputs=tuple(inputs),
+        outputs=base.outputs,
+        axes=base.axes,
+        export_sizes=base.export_sizes,
+        parity_sizes=base.parity_sizes,
+        tolerance=base.tolerance,
+        wrap=lambda c: _TransformerCachedIO(c.get("transformer")),
+    )
+
+
 def vae_spec(components: SanaComponents) -> ExportSpec:
     # Latents of at least 6x6: DC-AE's multiscale attention switches to a quadratic path at H*W <= 32,
     # which no real resolution reaches; the graph is exported for the linear path only.
@@ -180,4 +232,6 @@ SPECS: dict[str, Callable[[SanaComponents], ExportSpec]] = {
     "transformer": transformer_spec,
     "vae": vae_spec,
     "text_encoder": text_encoder_spec,
+    "transformer_text": transformer_text_spec,
+    "transformer_cached": transformer_cached_spec,
 }

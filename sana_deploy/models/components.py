@@ -12,6 +12,9 @@ from sana_deploy.errors import fail
 from sana_deploy.models.config import SanaPreset
 
 COMPONENTS = ("transformer", "vae", "text_encoder")
+# Opt-in split of the transformer: caption K/V once per request + a step graph that takes them.
+SPLIT_TRANSFORMER = ("transformer_text", "transformer_cached")
+ALL_COMPONENTS = COMPONENTS + SPLIT_TRANSFORMER
 _ALIASES = {
     "text-encoder": "text_encoder",
     "text_encoder": "text_encoder",
@@ -20,6 +23,10 @@ _ALIASES = {
     "vae-decoder": "vae",
     "transformer": "transformer",
     "dit": "transformer",
+    "transformer-text": "transformer_text",
+    "transformer_text": "transformer_text",
+    "transformer-cached": "transformer_cached",
+    "transformer_cached": "transformer_cached",
 }
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -32,9 +39,17 @@ def parse_components(spec: str | tuple[str, ...] | list[str] | None) -> tuple[st
     items = [s.strip().lower() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     bad = [s for s in items if s not in _ALIASES]
     if bad or not items:
-        fail(f"Unknown component(s) {bad or spec!r}; choose from transformer, vae, text-encoder.")
+        fail(
+            f"Unknown component(s) {bad or spec!r}; choose from transformer, vae, text-encoder "
+            f"(or transformer-text and transformer-cached, the transformer split for caching the caption K/V)."
+        )
     chosen = {_ALIASES[s] for s in items}
-    return tuple(c for c in COMPONENTS if c in chosen)
+    return tuple(c for c in ALL_COMPONENTS if c in chosen)
+
+
+def module_of(component: str) -> str:
+    """The loaded module a component is exported from (the split transformer graphs use the transformer)."""
+    return "transformer" if component in SPLIT_TRANSFORMER else component
 
 
 def torch_dtype(precision: str) -> torch.dtype:
@@ -73,6 +88,7 @@ class SanaComponents:
         return module
 
     def content_hash(self, component: str) -> str:
+        component = module_of(component)
         if component not in self._hashes:
             self._hashes[component] = module_hash(self.get(component))
         return self._hashes[component]

@@ -95,8 +95,21 @@ class SanaBlock(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.zeros(6, c))
         self.eps = cfg.linear_attention_eps
 
+    def text_kv(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys and values of the caption tokens: step-invariant, computable once per prompt."""
+        k, v = self.attn2.to_k(y), self.attn2.to_v(y)
+        if self.attn2.norm_k is not None:
+            k = self.attn2.norm_k(k)
+        return k, v
+
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor, mask_bias: torch.Tensor, t0: torch.Tensor, height: int, width: int
+        self,
+        x: torch.Tensor,
+        kv: tuple[torch.Tensor, torch.Tensor],
+        mask_bias: torch.Tensor,
+        t0: torch.Tensor,
+        height: int,
+        width: int,
     ) -> torch.Tensor:
         b, n, c = x.shape
         mod = self.scale_shift_table[None] + t0.reshape(b, 6, c)
@@ -107,15 +120,20 @@ class SanaBlock(nn.Module):
         a = self.attn1.to_out[0](linear_attention(q, k, v, self.attn1.heads, self.eps))
         x = x + gate_msa * a.clamp(-FP16_MAX, FP16_MAX)
 
-        x = x + self.cross_attention(x, y, mask_bias)
+        x = x + self.cross_attention(x, kv, mask_bias)
 
         h = self.norm2(x) * (1 + scale_mlp) + shift_mlp
         f = self.ff(h.reshape(b, height, width, c)).reshape(b, n, c)
         return x + gate_mlp * f
 
-    def cross_attention(self, x: torch.Tensor, y: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
+    def cross_attention(
+        self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], mask_bias: torch.Tensor
+    ) -> torch.Tensor:
         b = x.shape[0]
-        q, k, v = self.attn2.qkv(x, y)
+        q = self.attn2.to_q(x)
+        if self.attn2.norm_q is not None:
+            q = self.attn2.norm_q(q)
+        k, v = kv
         heads = self.attn2.heads
         q, k, v = (t.reshape(b, -1, heads, t.shape[-1] // heads).transpose(1, 2) for t in (q, k, v))
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_bias)
@@ -224,14 +242,33 @@ class SanaTransformer(nn.Module):
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor,
     ) -> torch.Tensor:
+        return self.forward_cached(latent, timestep, self.text_kv(encoder_hidden_states), encoder_attention_mask)
+
+    def text_kv(self, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        """Every block's cross-attention K and V of the caption, stacked as (num_layers, 2, B, L, C).
+
+        They depend only on the prompt, so a denoising loop can compute them once per request and call
+        :meth:`forward_cached` at every step (reference §1.5 "step invariance").
+        """
+        y = self.caption_norm(self.caption_projection(encoder_hidden_states.to(self.dtype)))
+        return torch.stack([torch.stack(block.text_kv(y)) for block in self.transformer_blocks])
+
+    def forward_cached(
+        self,
+        latent: torch.Tensor,
+        timestep: torch.Tensor,
+        text_kv: torch.Tensor,
+        encoder_attention_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """One denoising step with the caption K/V from :meth:`text_kv`."""
         b, _, h, w = latent.shape
         dtype = self.dtype
         x = self.patch_embed(latent.to(dtype))
         t0, embedded_t = self.time_embed(timestep, dtype)
-        y = self.caption_norm(self.caption_projection(encoder_hidden_states.to(dtype)))
+        text_kv = text_kv.to(dtype)
         mask_bias = ((1 - encoder_attention_mask.to(dtype)) * -10000.0)[:, None, None, :]
-        for block in self.transformer_blocks:
-            x = block(x, y, mask_bias, t0, h, w)
+        for i, block in enumerate(self.transformer_blocks):
+            x = block(x, (text_kv[i, 0], text_kv[i, 1]), mask_bias, t0, h, w)
         shift, scale = (self.scale_shift_table[None] + embedded_t[:, None]).chunk(2, dim=1)
         x = self.proj_out(self.norm_out(x) * (1 + scale) + shift)
         return x.reshape(b, h, w, -1).permute(0, 3, 1, 2)

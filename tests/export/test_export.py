@@ -140,3 +140,22 @@ def test_ort_runs_graph_at_unseen_size(tiny_export, tiny):
         want = tiny.transformer(*inputs.values()).numpy()
     assert got[0].shape == (3, 32, 8, 40)
     assert np.abs(got[0] - want).max() / np.abs(want).max() < 1e-5
+
+
+def test_split_transformer_caches_caption_kv(tmp_path, tiny):
+    """transformer_text once per prompt + transformer_cached per step == the one-graph transformer."""
+    from sana_deploy.export import export_model
+
+    results = {r.component: r for r in export_model(tiny, "transformer-text,transformer-cached", "fp32", tmp_path)}
+    assert all(p.rel <= 1e-5 for r in results.values() for p in r.parity)
+    spec = SPECS["transformer"](tiny)
+    inputs = spec.dummy_inputs(tiny, {"batch": 2, "latent_h": 16, "latent_w": 24, "text_len": 300}, seed=5)
+    kv = ort_session(results["transformer_text"].path).run(
+        None, {"encoder_hidden_states": inputs["encoder_hidden_states"].numpy()}
+    )[0]
+    assert kv.shape == (2, 2, 2, 300, 64)
+    feeds = {k: v.numpy() for k, v in inputs.items() if k != "encoder_hidden_states"} | {"text_kv": kv}
+    got = ort_session(results["transformer_cached"].path).run(None, feeds)[0]
+    with torch.no_grad():
+        want = tiny.transformer(*inputs.values()).numpy()
+    assert np.abs(got - want).max() / np.abs(want).max() < 1e-5
