@@ -8,6 +8,7 @@ looks finished. Layout: ``<out>/<precision>/<component>/{model.onnx[, model.onnx
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -83,6 +84,7 @@ def _dynamic_shapes(spec: ExportSpec) -> tuple:
 
 def trace_to_onnx(module: torch.nn.Module, spec: ExportSpec, inputs: dict[str, torch.Tensor]) -> onnx.ModelProto:
     """torch.export + the dynamo ONNX exporter, ``sana::`` ops as ``sana`` nodes with function bodies."""
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # torchvision notes
     with use_kernels("reference"), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(

@@ -242,7 +242,11 @@ class SanaTransformer(nn.Module):
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor,
     ) -> torch.Tensor:
-        return self.forward_cached(latent, timestep, self.text_kv(encoder_hidden_states), encoder_attention_mask)
+        y = self._caption(encoder_hidden_states)
+        return self._denoise(latent, timestep, [b.text_kv(y) for b in self.transformer_blocks], encoder_attention_mask)
+
+    def _caption(self, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.caption_norm(self.caption_projection(encoder_hidden_states.to(self.dtype)))
 
     def text_kv(self, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         """Every block's cross-attention K and V of the caption, stacked as (num_layers, 2, B, L, C).
@@ -250,7 +254,7 @@ class SanaTransformer(nn.Module):
         They depend only on the prompt, so a denoising loop can compute them once per request and call
         :meth:`forward_cached` at every step (reference §1.5 "step invariance").
         """
-        y = self.caption_norm(self.caption_projection(encoder_hidden_states.to(self.dtype)))
+        y = self._caption(encoder_hidden_states)
         return torch.stack([torch.stack(block.text_kv(y)) for block in self.transformer_blocks])
 
     def forward_cached(
@@ -261,14 +265,24 @@ class SanaTransformer(nn.Module):
         encoder_attention_mask: torch.Tensor,
     ) -> torch.Tensor:
         """One denoising step with the caption K/V from :meth:`text_kv`."""
+        text_kv = text_kv.to(self.dtype)
+        kv = [(text_kv[i, 0], text_kv[i, 1]) for i in range(len(self.transformer_blocks))]
+        return self._denoise(latent, timestep, kv, encoder_attention_mask)
+
+    def _denoise(
+        self,
+        latent: torch.Tensor,
+        timestep: torch.Tensor,
+        kv: list[tuple[torch.Tensor, torch.Tensor]],
+        encoder_attention_mask: torch.Tensor,
+    ) -> torch.Tensor:
         b, _, h, w = latent.shape
         dtype = self.dtype
         x = self.patch_embed(latent.to(dtype))
         t0, embedded_t = self.time_embed(timestep, dtype)
-        text_kv = text_kv.to(dtype)
         mask_bias = ((1 - encoder_attention_mask.to(dtype)) * -10000.0)[:, None, None, :]
-        for i, block in enumerate(self.transformer_blocks):
-            x = block(x, (text_kv[i, 0], text_kv[i, 1]), mask_bias, t0, h, w)
+        for block, block_kv in zip(self.transformer_blocks, kv, strict=True):
+            x = block(x, block_kv, mask_bias, t0, h, w)
         shift, scale = (self.scale_shift_table[None] + embedded_t[:, None]).chunk(2, dim=1)
         x = self.proj_out(self.norm_out(x) * (1 + scale) + shift)
         return x.reshape(b, h, w, -1).permute(0, 3, 1, 2)
