@@ -57,8 +57,12 @@ def export_dir(out: Path, component: str, precision: str) -> Path:
     return Path(out) / precision / component
 
 
+_T0 = time.perf_counter()
+
+
 def _progress(msg: str) -> None:
-    print(f"[sana-deploy export] {msg}", file=sys.stderr, flush=True)
+    """One line per export stage on stderr, with the seconds since the process started exporting."""
+    print(f"[sana-deploy export {time.perf_counter() - _T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
 def _translation_table() -> dict:
@@ -169,6 +173,7 @@ def export_component(
         model = trace_to_onnx(module, spec, spec.dummy_inputs(components, spec.export_sizes))
         _progress(f"{component}: {len(model.graph.node)} nodes, functions {[f.name for f in model.functions]}")
         files = _save(model, tmp / MODEL_FILE)
+        _progress(f"{component}: saved {', '.join(files)}; running onnx.checker")
         onnx.checker.check_model(str(tmp / MODEL_FILE))
         results: list[ParityResult] = []
         if parity:
