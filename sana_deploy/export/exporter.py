@@ -86,8 +86,14 @@ def _dynamic_shapes(spec: ExportSpec) -> tuple:
     return tuple({i: dims[d] for i, d in enumerate(t.shape) if isinstance(d, str)} for t in spec.inputs)
 
 
-def trace_to_onnx(module: torch.nn.Module, spec: ExportSpec, inputs: dict[str, torch.Tensor]) -> onnx.ModelProto:
-    """torch.export + the dynamo ONNX exporter, ``sana::`` ops as ``sana`` nodes with function bodies."""
+def trace_to_onnx(
+    module: torch.nn.Module, spec: ExportSpec, inputs: dict[str, torch.Tensor], path: Path
+) -> tuple[onnx.ModelProto, list[str]]:
+    """torch.export + the dynamo ONNX exporter, ``sana::`` ops as ``sana`` nodes with function bodies.
+
+    Writes ``path`` (with ``path.data`` external weights when they would pass protobuf's 2 GiB limit) and
+    returns the graph (without weights) and the files written.
+    """
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # torchvision notes
     with use_kernels("reference"), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -102,28 +108,19 @@ def trace_to_onnx(module: torch.nn.Module, spec: ExportSpec, inputs: dict[str, t
             opset_version=OPSET,
             verbose=False,
         )
-    model = program.model_proto
+    external = _weight_bytes(module) > EXTERNAL_DATA_THRESHOLD * 0.9
+    program.save(str(path), external_data=external)
+    # Attach the function bodies to the weight-less graph, leaving external weights where they are.
+    model = onnx.load(str(path), load_external_data=False)
     attach_functions(model)
     model.producer_name = "sana-deploy"
-    return model
-
-
-def _save(model: onnx.ModelProto, path: Path) -> list[str]:
-    big = model.ByteSize() > EXTERNAL_DATA_THRESHOLD * 0.9 if _serializable(model) else True
-    if big:
-        onnx.save_model(
-            model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data"
-        )
-        return [path.name, path.name + ".data"]
     onnx.save_model(model, str(path))
-    return [path.name]
+    files = sorted(f.name for f in path.parent.iterdir() if f.name.startswith(path.name))
+    return model, files
 
 
-def _serializable(model: onnx.ModelProto) -> bool:
-    try:
-        return model.ByteSize() < EXTERNAL_DATA_THRESHOLD
-    except Exception:  # protobuf refuses to size messages over 2 GiB
-        return False
+def _weight_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
 
 def _sha256_files(folder: Path, files: list[str]) -> str:
@@ -170,10 +167,10 @@ def export_component(
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{component}-", dir=final.parent))
     try:
         _progress(f"{component} ({precision}): tracing with torch.export (dynamic {', '.join(spec.axes)})")
-        model = trace_to_onnx(module, spec, spec.dummy_inputs(components, spec.export_sizes))
-        _progress(f"{component}: {len(model.graph.node)} nodes, functions {[f.name for f in model.functions]}")
-        files = _save(model, tmp / MODEL_FILE)
-        _progress(f"{component}: saved {', '.join(files)}; running onnx.checker")
+        inputs = spec.dummy_inputs(components, spec.export_sizes)
+        model, files = trace_to_onnx(module, spec, inputs, tmp / MODEL_FILE)
+        functions = [f.name for f in model.functions]
+        _progress(f"{component}: {len(model.graph.node)} nodes, functions {functions}; saved {', '.join(files)}")
         onnx.checker.check_model(str(tmp / MODEL_FILE))
         results: list[ParityResult] = []
         if parity:
