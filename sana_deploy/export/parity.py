@@ -68,7 +68,7 @@ def check_parity(
     precision: str,
     progress: Callable[[str], None] | None = None,
 ) -> list[ParityResult]:
-    """Run the exported graph in ONNX Runtime and ``module`` in PyTorch on the spec's parity sizes."""
+    """Run the exported graph in ONNX Runtime and ``module`` (the reference) in PyTorch on the parity sizes."""
     tol = spec.tolerance[precision]
     try:
         session = ort_session(onnx_path)

@@ -75,6 +75,7 @@ def test_fp16_export_is_finite(tmp_path):
     c = random_components("sana-tiny", ("transformer",))
     r = export_component(c, "transformer", "fp16", tmp_path)
     assert all(p.finite and p.ok for p in r.parity)
+    assert c.transformer.dtype == torch.float32  # the caller's modules are not cast in place
     model = onnx.load(str(r.path))
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
     # a large latent with large activations: no inf/NaN thanks to fp32 attention and the clamp

@@ -12,6 +12,7 @@ from sana_deploy.models.loaders import load_components
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_export_0_6b_fp16(tmp_path):
     start = time.perf_counter()
     c = load_components("sana-0.6b-1024", ("transformer",), torch_dtype("fp16"), random_weights=True)
