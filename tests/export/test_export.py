@@ -103,14 +103,21 @@ def test_failed_parity_leaves_no_files(tmp_path, monkeypatch):
     assert not list(tmp_path.rglob("*.onnx"))
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
 def test_unwritable_output_dir(tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
+    """A folder under a regular file is unwritable for every user (root too); a read-only folder for non-root."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    outs = [blocker / "out"]
+    if os.geteuid() != 0:  # root ignores permission bits
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        outs.append(ro / "out")
     c = random_components("sana-tiny", ("transformer",))
-    with pytest.raises(SanaDeployError, match="Cannot write"):
-        export_component(c, "transformer", "fp32", ro / "out")
+    for out in outs:
+        with pytest.raises(SanaDeployError, match="Cannot write"):
+            export_component(c, "transformer", "fp32", out)
+    assert blocker.read_text() == "not a folder" and not list(tmp_path.rglob("*.onnx"))
 
 
 def test_output_path_that_is_a_file(tmp_path):
