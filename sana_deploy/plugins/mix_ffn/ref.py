@@ -26,3 +26,14 @@ def mix_ffn_ref(
     h = F.conv2d(h, w_dw, b_dw, padding=1, groups=h.shape[1])
     a, g = h.chunk(2, dim=1)
     return F.linear((a * F.silu(g)).permute(0, 2, 3, 1), w_pt)
+
+
+def dw_glu_ref(h_pre: torch.Tensor, w_dw: torch.Tensor, b_dw: torch.Tensor) -> torch.Tensor:
+    """The middle of Mix-FFN (what the Triton kernel fuses): SiLU, depthwise 3x3 + bias, ``a * SiLU(g)``.
+
+    h_pre: (B, H, W, 2F) output of the inverted 1x1 conv before its SiLU. Returns (B, H, W, F) in h_pre's dtype.
+    """
+    h = F.silu(h_pre).permute(0, 3, 1, 2)
+    h = F.conv2d(h, w_dw, b_dw, padding=1, groups=h.shape[1])
+    a, g = h.chunk(2, dim=1)
+    return (a * F.silu(g)).permute(0, 2, 3, 1)
