@@ -1,0 +1,240 @@
+"""``build_engines``: export when needed, then one engine per (component, profile), through the cache.
+
+A build is ``SaveEngine(EngineFromOnnx(backend, job), cache, meta)`` under the key's file lock; a valid entry with
+the same key is a hit and nothing is built. Components whose inputs do not depend on resolution (the text encoder)
+get one engine for all profiles that share a batch range.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sana_deploy.engines.backends import Backend, BuildJob, BuildOptions, get_backend
+from sana_deploy.engines.cache import EngineCache, sha256_file
+from sana_deploy.engines.entry import CacheKey, EngineEntry, model_dirname
+from sana_deploy.engines.loaders import EngineFromOnnx, SaveEngine
+from sana_deploy.engines.profiles import Profile, check_max_batch, parse_profiles
+from sana_deploy.errors import fail
+from sana_deploy.models.components import COMPONENTS, module_of, parse_components, torch_dtype
+
+
+@dataclass
+class Export:
+    component: str
+    onnx_path: Path
+    manifest: dict
+
+
+def default_export_root(model: str) -> Path:
+    return Path("export") / model_dirname(str(model))
+
+
+def ensure_exported(
+    model: str,
+    components: tuple[str, ...],
+    precision: str,
+    export_root: Path,
+    load: Callable,
+    say: Callable[[str], None],
+) -> dict[str, Export]:
+    """The export of each component, exporting (with the parity check) the ones whose manifest is missing."""
+    from sana_deploy.export import export_component, export_dir
+
+    out = {}
+    for comp in components:
+        folder = export_dir(export_root, comp, precision)
+        if not (folder / "manifest.json").exists() or not (folder / "model.onnx").exists():
+            say(f"exporting {comp} ({precision}) to {folder}")
+            export_component(load(), comp, precision, export_root, parity=True)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        out[comp] = Export(comp, folder / "model.onnx", manifest)
+    return out
+
+
+def check_onnx_matches(export: Export) -> None:
+    """Refuse to build from an ONNX that is not the one its manifest (and so the cache key) describes."""
+    from sana_deploy.export.exporter import _sha256_files
+
+    if _sha256_files(export.onnx_path.parent, export.manifest["files"]) != export.manifest["onnx_sha256"]:
+        fail(
+            f"{export.onnx_path} does not match the onnx_sha256 in its manifest.json (edited after export?). "
+            f"Re-export it: `sana-deploy export --components {export.component.replace('_', '-')}`."
+        )
+
+
+def cache_key(backend: Backend, model: str, export: Export, precision: str, profile: Profile, options: BuildOptions):
+    shapes = profile.input_shapes(export.manifest["inputs"])
+    flags = {**options.key_fields(), "static": profile.static}
+    return CacheKey(
+        model=model,
+        component=export.component,
+        onnx_sha256=export.manifest["onnx_sha256"],
+        weights_sha256=export.manifest.get("weights_sha256", ""),
+        backend=backend.name,
+        backend_version=backend.version(),
+        device=backend.target_device(options),
+        precision=precision,
+        input_shapes={k: v.to_json() for k, v in shapes.items()},
+        flags=flags,
+        plugins=backend.plugin_hashes(options),
+    ), shapes
+
+
+def _meta(key: CacheKey, profile: Profile, export: Export, backend: Backend) -> dict:
+    from sana_deploy.versions import package_versions
+
+    return {
+        **key.fields(),
+        "key": key.digest,
+        "profile": profile.to_json(),
+        "onnx_path": str(export.onnx_path.resolve()),
+        "inputs": export.manifest["inputs"],
+        "outputs": export.manifest["outputs"],
+        "versions": package_versions(),
+    }
+
+
+def build_one(
+    cache: EngineCache,
+    backend: Backend,
+    model: str,
+    export: Export,
+    precision: str,
+    profile: Profile,
+    options: BuildOptions,
+    load: Callable | None = None,
+    say: Callable[[str], None] = lambda m: None,
+) -> EngineEntry:
+    """One engine through the cache: a hit if a valid entry exists, else built under the key lock."""
+    key, shapes = cache_key(backend, model, export, precision, profile, options)
+    t0 = time.perf_counter()
+    entry = cache.lookup(key)
+    lookup_s = time.perf_counter() - t0
+    if entry is not None and not cache.problems(entry, deep=True):
+        entry.hit, entry.lookup_seconds = True, lookup_s
+        return entry
+    with cache.key_lock(key.digest):
+        entry = cache.lookup(key)  # another process may have built it while we waited
+        if entry is not None:
+            issues = cache.problems(entry, deep=True)
+            if not issues:
+                entry.hit, entry.lookup_seconds = True, lookup_s
+                return entry
+            say(f"rebuilding {entry.path.name}: {'; '.join(issues)}")
+        cache.clean_staging(model, export.component, key.digest)
+        check_onnx_matches(export)
+        staging = cache.staging_dir(model, export.component, key.digest)
+        job = BuildJob(
+            model=model,
+            component=export.component,
+            precision=precision,
+            profile=profile,
+            onnx_path=export.onnx_path,
+            manifest=export.manifest,
+            input_shapes=shapes,
+            options=options,
+            out_dir=staging,
+            device=key.device,
+            timing_cache=cache.timing_cache_path(backend.name, key.backend_version, key.device)
+            if backend.timing_cache and options.timing_cache
+            else None,
+            components_loader=load,
+            progress=say,
+        )
+        entry = SaveEngine(EngineFromOnnx(backend, job), cache, _meta(key, profile, export, backend))()
+        entry.hit, entry.lookup_seconds = False, lookup_s
+        return entry
+
+
+def build_engines(
+    model: str = "sana-tiny",
+    profiles: Iterable[int] | str = (1024,),
+    backend: str = "auto",
+    precision: str = "fp32",
+    max_batch: int = 1,
+    static: bool = False,
+    engine_dir: str | Path = "engines",
+    components: Iterable[str] | str = COMPONENTS,
+    export_root: str | Path | None = None,
+    options: BuildOptions | None = None,
+    preset: str | None = None,
+    random_weights: bool = False,
+    progress: bool = True,
+    say: Callable[[str], None] | None = None,
+) -> list[EngineEntry]:
+    """Build (or find) one engine per component and profile. Returns the entries, ``.hit`` set on cache hits."""
+    say = say or (lambda m: print(f"[sana-deploy build] {m}", file=sys.stderr, flush=True))
+    torch_dtype(precision)
+    bases = parse_profiles(profiles if isinstance(profiles, str) else list(profiles))
+    max_batch = check_max_batch(max_batch)
+    names = parse_components(components if isinstance(components, str) else tuple(components))
+    chosen, why = get_backend(backend)
+    options = options or BuildOptions()
+    device = chosen.target_device(options)  # validates targets before anything is exported
+    say(f"backend: {chosen.name} {chosen.version()} for {device} ({why})")
+    model = str(model)
+    loaded: dict = {}
+
+    def load():  # noqa: ANN202 (SanaComponents), loaded once and only if needed
+        if "c" not in loaded:
+            from sana_deploy.models.loaders import load_components
+
+            modules = tuple(dict.fromkeys(module_of(c) for c in names))
+            loaded["c"] = load_components(model, modules, preset=preset, random_weights=random_weights)
+        return loaded["c"]
+
+    root = Path(export_root) if export_root is not None else default_export_root(model)
+    exports = ensure_exported(model, names, precision, root, load, say)
+    if chosen.name == "aoti":
+        _check_weights(exports, load)
+    cache = EngineCache(engine_dir)
+    tasks = [(exports[c], Profile.from_base(b, max_batch, static)) for c in names for b in bases]
+    entries: list[EngineEntry] = []
+    seen: set[str] = set()
+    bar = _progress_bar(len(tasks), progress)
+    for export, profile in tasks:
+        bar.set_description(f"{export.component} [{profile.name}]")
+        entry = build_one(cache, chosen, model, export, precision, profile, options, load, bar.set_postfix_str)
+        if entry.key not in seen:  # the text encoder's profiles coincide: one engine, listed once
+            seen.add(entry.key)
+            entries.append(entry)
+        bar.update(1)
+    bar.close()
+    return entries
+
+
+def _check_weights(exports: dict[str, Export], load: Callable) -> None:
+    """aoti traces the PyTorch modules: they must be the weights the export (and so the key) was made from."""
+    components = load()
+    for comp, export in exports.items():
+        if components.content_hash(comp) != export.manifest.get("weights_sha256"):
+            fail(
+                f"The loaded {comp} weights differ from the ones {export.onnx_path} was exported from; re-export "
+                f"(`sana-deploy export`) so the cache key describes what aoti compiles."
+            )
+
+
+class _NoBar:
+    def set_description(self, *_a) -> None: ...  # noqa: ANN002
+
+    def set_postfix_str(self, *_a) -> None: ...  # noqa: ANN002
+
+    def update(self, *_a) -> None: ...  # noqa: ANN002
+
+    def close(self) -> None: ...
+
+
+def _progress_bar(total: int, enabled: bool):  # noqa: ANN202
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="engine", file=sys.stderr, dynamic_ncols=True)
+
+
+__all__ = ["build_engines", "build_one", "cache_key", "ensure_exported", "sha256_file"]

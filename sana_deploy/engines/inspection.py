@@ -1,0 +1,42 @@
+"""``engines inspect``: what an entry's meta.json records and what its artifact says about itself."""
+
+from __future__ import annotations
+
+import json
+
+from sana_deploy.engines.cache import EngineCache
+from sana_deploy.engines.entry import EngineEntry
+
+
+def inspect_data(entry: EngineEntry) -> dict:
+    """The entry's key fields, recorded bindings/profile, checks, and the backend's reading of the artifact."""
+    from sana_deploy.engines.backends import BACKENDS
+
+    m = entry.meta
+    data = {
+        "key": entry.key,
+        "path": str(entry.path),
+        "model": m.get("model"),
+        "component": m.get("component"),
+        "backend": f"{m.get('backend')} {m.get('backend_version')}",
+        "device": m.get("device"),
+        "precision": m.get("precision"),
+        "profile": m.get("profile", {}).get("name"),
+        "input_shapes (min, opt, max)": m.get("input_shapes"),
+        "flags": m.get("flags"),
+        "plugins": m.get("plugins"),
+        "artifact": f"{m.get('artifact')} ({m.get('artifact_bytes')} bytes)",
+        "recorded_bindings": m.get("info", {}).get("bindings"),
+    }
+    issues = EngineCache(entry.path.parents[2]).problems(entry, deep=True)
+    data["checks"] = issues or "ok"
+    backend = BACKENDS.get(m.get("backend", ""))
+    if backend is not None and backend.available() and not issues:
+        data["artifact_says"] = backend.inspect(entry.artifact, m)
+    elif backend is not None and not backend.available():
+        data["artifact_says"] = f"{backend.package} is not installed here: the artifact cannot be read"
+    return data
+
+
+def inspect_entry(entry: EngineEntry) -> str:
+    return json.dumps(inspect_data(entry), indent=2, default=str)

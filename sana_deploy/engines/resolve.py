@@ -1,0 +1,171 @@
+"""Lookup for the runtime: find an engine covering a request, and what to do on a miss.
+
+Miss policies (:class:`MissPolicy`):
+
+* ``build``: build the smallest profile that covers the request now, then return it.
+* ``background``: start that build in a separate process (``python -m sana_deploy.engines.background``), report
+  it (stderr line + :func:`pending_builds`), and return None so the caller serves from a fallback meanwhile.
+  A second miss for the same build while it runs does not start another one.
+* ``error``: raise :class:`~sana_deploy.errors.ShapeError` naming the profile to build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+
+from sana_deploy.engines.entry import EngineEntry
+from sana_deploy.engines.profiles import profile_for_request
+from sana_deploy.errors import ShapeError, fail
+
+
+class MissPolicy(str, Enum):
+    BUILD = "build"
+    BACKGROUND = "background"
+    ERROR = "error"
+
+
+def _build_request(model_id: str, component: str, height: int, width: int, batch: int, build_kwargs: dict) -> dict:
+    profile = profile_for_request(height, width, batch, component)
+    max_batch = max(1, math.ceil(batch / 2))
+    return {
+        **{k: v for k, v in build_kwargs.items() if k not in ("engine_dir",)},
+        "model": model_id,
+        "profiles": [profile.base],
+        "max_batch": max_batch,
+        "components": [component],
+    }
+
+
+def _command_line(req: dict) -> str:
+    extra = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in req.items() if k in ("backend", "precision"))
+    return (
+        f"sana-deploy build --model {req['model']} --profiles {req['profiles'][0]} --max-batch {req['max_batch']} "
+        f"--components {req['components'][0]} {extra}"
+    ).strip()
+
+
+def resolve(
+    cache,  # noqa: ANN001 (EngineCache; avoids an import cycle)
+    model_id: str,
+    component: str,
+    height: int,
+    width: int,
+    batch: int,
+    policy: str | MissPolicy = "build",
+    **build_kwargs,
+) -> EngineEntry | None:
+    try:
+        policy = MissPolicy(policy)
+    except ValueError:
+        fail(f"Unknown miss policy {policy!r}; choose build, background or error.")
+    backend = build_kwargs.get("backend")
+    entry = cache.find(
+        model_id,
+        component,
+        height,
+        width,
+        batch,
+        backend=None if backend in (None, "auto") else backend,
+        precision=build_kwargs.get("precision"),
+    )
+    if entry is not None:
+        return entry
+    req = _build_request(model_id, component, height, width, batch, build_kwargs)
+    if policy is MissPolicy.ERROR:
+        fail(
+            f"No engine in {cache.root} covers {component} at {height}x{width}, batch {batch}. Build profile "
+            f"{req['profiles'][0]}: `{_command_line(req)} --engine-dir {cache.root}`.",
+            ShapeError,
+        )
+    if policy is MissPolicy.BUILD:
+        from sana_deploy.engines.builder import build_engines
+
+        build_engines(engine_dir=cache.root, progress=False, **req)
+        found = cache.find(model_id, component, height, width, batch, backend=None, precision=req.get("precision"))
+        if found is None:
+            fail(
+                f"Built profile {req['profiles'][0]} but it does not run {component} here; "
+                f"see `sana-deploy engines verify`."
+            )
+        return found
+    start_background(cache.root, req)
+    return None
+
+
+def _pending_dir(root: Path) -> Path:
+    d = Path(root) / ".pending"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def start_background(root: Path, req: dict) -> dict:
+    """Start (or find already running) a background build for ``req``; returns its record."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(req.get("options")):
+        req = {**req, "options": dataclasses.asdict(req["options"])}
+    tag = hashlib.sha256(json.dumps(req, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    record_path = _pending_dir(root) / f"{tag}.json"
+    from filelock import FileLock
+
+    with FileLock(str(record_path) + ".lock"):
+        if record_path.exists():
+            record = json.loads(record_path.read_text())
+            if _alive(record["pid"]):
+                return record
+        log = _pending_dir(root) / f"{tag}.log"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "sana_deploy.engines.background", str(root), json.dumps(req, default=str)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=os.getcwd(),
+            )
+        record = {"pid": proc.pid, "request": req, "log": str(log), "started": time.time(), "tag": tag}
+        record_path.write_text(json.dumps(record, default=str))
+    print(
+        f"sana-deploy: no engine for {req['components'][0]} covers the request; building profile "
+        f"{req['profiles'][0]} in the background (pid {proc.pid}, log {log}); serve from a fallback meanwhile.",
+        file=sys.stderr,
+    )
+    return record
+
+
+def pending_builds(root: str | Path) -> list[dict]:
+    """Background builds started for this cache that are still running."""
+    folder = Path(root) / ".pending"
+    out = []
+    for path in folder.glob("*.json") if folder.exists() else []:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(record["pid"]):
+            out.append(record)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _status = os.waitpid(pid, os.WNOHANG)  # reap our own finished children
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
