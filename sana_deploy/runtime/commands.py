@@ -1,0 +1,122 @@
+"""``sana-deploy generate``: the click layer over :class:`~sana_deploy.runtime.pipeline.SanaDeployPipeline`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from sana_deploy.cli import PRECISIONS, main, model_option, preset_option, random_weights_option
+from sana_deploy.errors import fail
+from sana_deploy.runtime.generate import GenerateRequest, generate_images
+from sana_deploy.runtime.providers import MISS_POLICIES, RUNTIME_BACKENDS
+from sana_deploy.runtime.solvers import SAMPLERS
+
+
+@main.command()
+@click.argument("prompt", required=False)
+@click.option(
+    "--prompts",
+    "prompts_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A text file with one prompt per line (blank lines skipped); one image per prompt and --batch.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=Path("sana.png"),
+    show_default=True,
+    help="PNG path; several images get _<n> before the suffix.",
+)
+@model_option
+@preset_option
+@random_weights_option
+@click.option("--height", type=int, default=None, help="Image height in pixels [model's resolution].")
+@click.option("--width", type=int, default=None, help="Image width in pixels [model's resolution].")
+@click.option("--steps", type=int, default=None, help="Denoising steps [20 flow-dpm-solver, 28 flow-euler].")
+@click.option("--cfg-scale", type=float, default=4.5, show_default=True, help="Classifier-free guidance scale.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--sampler", type=click.Choice(SAMPLERS), default="flow-dpm-solver", show_default=True)
+@click.option(
+    "--backend",
+    type=click.Choice(RUNTIME_BACKENDS),
+    default="auto",
+    show_default=True,
+    help="auto: engines from --engine-dir when it has any for the model, else torch.",
+)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+@click.option("--engine-dir", type=click.Path(path_type=Path), default=Path("engines"), show_default=True)
+@click.option(
+    "--on-miss",
+    type=click.Choice(MISS_POLICIES),
+    default="build",
+    show_default=True,
+    help="No engine covers the size: build it now, build it in the background (this run uses the "
+    "torch fallback), or error.",
+)
+@click.option("--negative-prompt", default="", help="Negative prompt (default: Sana's empty prompt).")
+@click.option("--batch", type=int, default=1, show_default=True, help="Images per prompt.")
+@click.option(
+    "--no-resolution-binning",
+    is_flag=True,
+    help="Generate at exactly --height x --width (multiples of 32) instead of the nearest aspect bucket.",
+)
+@click.option("--vae-tiling", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
+@click.option("--vae-tile", type=int, default=1024, show_default=True, help="VAE tile size in pixels.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def generate(
+    prompt: str | None,
+    prompts_file: Path | None,
+    output: Path,
+    model: str,
+    preset: str | None,
+    random_weights: bool,
+    height: int | None,
+    width: int | None,
+    steps: int | None,
+    cfg_scale: float,
+    seed: int,
+    sampler: str,
+    backend: str,
+    precision: str,
+    engine_dir: Path,
+    on_miss: str,
+    negative_prompt: str,
+    batch: int,
+    no_resolution_binning: bool,
+    vae_tiling: str,
+    vae_tile: int,
+    no_progress: bool,
+) -> None:
+    """Generate images from PROMPT (or --prompts FILE) and write PNGs."""
+    prompts = [prompt] if prompt else []
+    if prompts_file is not None:
+        prompts += [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
+    if not prompts:
+        fail("Give a PROMPT argument or --prompts FILE with one prompt per line.")
+    request = GenerateRequest(
+        prompts=prompts,
+        output=output,
+        model=model,
+        preset=preset,
+        random_weights=random_weights,
+        height=height,
+        width=width,
+        steps=steps,
+        cfg_scale=cfg_scale,
+        seed=seed,
+        sampler=sampler,
+        backend=backend,
+        precision=precision,
+        engine_dir=engine_dir,
+        on_miss=on_miss,
+        negative_prompt=negative_prompt,
+        batch=batch,
+        resolution_binning=not no_resolution_binning,
+        vae_tiling={"auto": None, "on": True, "off": False}[vae_tiling],
+        vae_tile=vae_tile,
+        progress=not no_progress,
+    )
+    for line in generate_images(request):
+        click.echo(line)

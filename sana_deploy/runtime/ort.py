@@ -1,0 +1,98 @@
+"""A thin ONNX Runtime stage over our ONNX exports (``export/<model>/<precision>/<component>/model.onnx``).
+
+The export is the only build step: when the folder holds no export of the same weights (manifest
+``weights_sha256``), the component is exported first, under a file lock so concurrent processes export once.
+Execution providers: CUDA where ``onnxruntime-gpu`` has it, then CPU. ONNX Runtime's CPU provider has no bf16
+kernels, so a bf16 graph on CPU is refused with a message saying what to use instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sana_deploy.errors import fail
+from sana_deploy.models.components import SanaComponents
+from sana_deploy.runtime.stages import Stage
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    """fp32 for float inputs, int64 for ids and masks (the export's boundary types)."""
+    t = t.detach().cpu()
+    return t.float().numpy() if t.is_floating_point() else t.long().numpy()
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    have = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in have]
+
+
+def ensure_export(components: SanaComponents, component: str, precision: str, root: Path) -> Path:
+    """``root/<precision>/<component>/model.onnx`` of these weights, exporting it when missing or stale."""
+    from filelock import FileLock
+
+    from sana_deploy.export import export_component, export_dir
+
+    folder = export_dir(root, component, precision)
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f".{component}-{precision}.lock")):
+        manifest = folder / "manifest.json"
+        if manifest.exists():
+            data = json.loads(manifest.read_text())
+            if data.get("weights_sha256") == components.content_hash(component):
+                return folder / "model.onnx"
+        return export_component(components, component, precision, root, parity=False).path
+
+
+class OrtRunner:
+    """``runner(**inputs) -> {name: tensor}`` over one ``InferenceSession`` (thread-safe ``run``)."""
+
+    def __init__(self, path: Path, threads: int | None = None, providers: list[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            so.intra_op_num_threads = threads
+        self.path = Path(path)
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=providers or available_providers())
+        except Exception as exc:
+            first = str(exc).splitlines()[0][:200]
+            fail(
+                f"ONNX Runtime cannot load {path}: {first}. ONNX Runtime's CPU provider has no bf16 kernels: use "
+                f"precision fp32 or fp16 with the onnxruntime backend, or the torch backend for bf16."
+            )
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        device = next(iter(inputs.values())).device
+        feed = {n: _to_numpy(inputs[n]) for n in self.input_names}
+        outs = self.session.run(self.output_names, feed)
+        return {
+            n: torch.from_numpy(np.ascontiguousarray(o)).to(device)
+            for n, o in zip(self.output_names, outs, strict=True)
+        }
+
+
+def ort_stage(
+    components: SanaComponents, component: str, precision: str, export_root: Path, threads: int | None = None
+) -> Stage:
+    """An ONNX Runtime stage for ``component``, exporting it under ``export_root`` when needed."""
+    path = ensure_export(components, component, precision, Path(export_root))
+    runner = OrtRunner(path, threads or _default_threads())
+    return Stage(component, runner, "onnxruntime", precision, reentrant=True, detail=str(path))
+
+
+def _default_threads() -> int | None:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return None

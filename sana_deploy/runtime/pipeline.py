@@ -1,0 +1,273 @@
+"""``SanaDeployPipeline``: prompt -> image over stage runners (torch, ONNX Runtime, AOTInductor, TensorRT).
+
+The algorithm is diffusers' ``SanaPipeline.__call__`` (the golden reference of the end-to-end test): prompts
+lower-cased, complex human instruction on the prompt, negative prompt "" with its own mask, CFG batch
+``[uncond; cond]`` in one transformer call, Flow-DPM-Solver++ or Flow-Euler, ``latent / scaling_factor`` into
+the DC-AE, ``(x / 2 + 0.5).clamp(0, 1)`` to images, resolution binning + resize back.
+
+Thread safety: one pipeline may serve many threads. Everything a request changes (solver state, latents,
+embeddings, timings) lives in the call; stage runners are either reentrant (torch modules in inference mode,
+ONNX Runtime sessions) or serialised by their own lock (engine runners, which reuse device buffers); the
+engine provider guards its runner table and fallback with a lock. The progress-bar setting is the only
+pipeline attribute a call reads, and calls never write it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sana_deploy.errors import SanaDeployError, fail
+from sana_deploy.models.components import SanaComponents
+from sana_deploy.models.config import LATENT_CHANNELS, SanaPreset
+from sana_deploy.runtime.images import postprocess
+from sana_deploy.runtime.providers import StageProvider
+from sana_deploy.runtime.resolution import plan_size, resize_and_crop
+from sana_deploy.runtime.solvers import make_solver
+from sana_deploy.runtime.text import COMPLEX_HUMAN_INSTRUCTION, encode_prompts
+from sana_deploy.runtime.tiling import TilingConfig, tiled_decode
+from sana_deploy.runtime.vae_split import split_tiled_decode
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+Callback = Callable[[int, float, torch.Tensor], None]  # (step index, timestep, latents)
+
+
+@dataclass
+class SanaDeployOutput:
+    """``images``: list of PIL images, (B,H,W,3) float array in [0,1] (np), (B,3,H,W) tensor (pt) or latents."""
+
+    images: list | np.ndarray | torch.Tensor
+    height: int
+    width: int
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
+    backends: dict[str, str] = field(default_factory=dict)  # stage -> "backend/precision"
+    tiled_decode: str = "off"  # "off", "exact" or "latent-tiles"
+
+
+def _prompt_list(prompt: str | Sequence[str], what: str) -> list[str]:
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, Sequence) and prompt and all(isinstance(p, str) for p in prompt):
+        return list(prompt)
+    fail(f"{what} must be a string or a non-empty list of strings, got {prompt!r}.")
+
+
+def _latents(shape: tuple[int, ...], generator, device: torch.device) -> torch.Tensor:
+    """fp32 Gaussian latents drawn like diffusers' ``randn_tensor`` (one generator, or one per image)."""
+    if isinstance(generator, int):
+        generator = torch.Generator().manual_seed(generator)
+    if isinstance(generator, list) and len(generator) == 1:
+        generator = generator[0]
+    if isinstance(generator, list):
+        if len(generator) != shape[0]:
+            fail(f"Got {len(generator)} generators for {shape[0]} images; pass one generator or one per image.")
+        parts = [torch.randn((1, *shape[1:]), generator=g, device=g.device) for g in generator]
+        return torch.cat(parts).to(device)
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=gen_device).to(device)
+
+
+class SanaDeployPipeline:
+    """Text-to-image over a :class:`StageProvider`. Build with :meth:`from_model` or :meth:`from_engines`."""
+
+    def __init__(
+        self,
+        provider: StageProvider,
+        tokenizer,
+        preset: SanaPreset,
+        model_id: str,
+        device: torch.device | str = "cpu",
+        tiling: TilingConfig | None = None,
+        complex_human_instruction: Sequence[str] | None = COMPLEX_HUMAN_INSTRUCTION,
+    ) -> None:
+        self.provider = provider
+        self.tokenizer = tokenizer
+        self.preset = preset
+        self.model_id = model_id
+        self.device = torch.device(device)
+        self.tiling = tiling or TilingConfig()
+        self.complex_human_instruction = complex_human_instruction
+        self.progress_bar = False
+
+    # --- construction ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_model(
+        cls,
+        model: str | Path = "sana-tiny",
+        backend: str = "torch",
+        precision: str = "fp32",
+        export_dir: str | Path | None = None,
+        random_weights: bool = False,
+        preset: str | None = None,
+        device: str = "cpu",
+        **kwargs,
+    ) -> SanaDeployPipeline:
+        """Eager torch (``backend="torch"``) or our ONNX Runtime sessions over the ONNX exports
+        (``backend="onnxruntime"``; exported into ``export_dir`` on first use)."""
+        from sana_deploy.runtime.loading import load_fixed_stages
+
+        provider, comps = load_fixed_stages(model, backend, precision, export_dir, random_weights, preset, device)
+        return cls(provider, comps.tokenizer, comps.preset, comps.model_id, device=device, **kwargs)
+
+    @classmethod
+    def from_components(
+        cls,
+        components: SanaComponents,
+        backend: str = "torch",
+        precision: str = "fp32",
+        export_dir: str | Path | None = None,
+        device: str = "cpu",
+        **kwargs,
+    ) -> SanaDeployPipeline:
+        """Over already loaded components (cast in place to the precision policy of ``precision``)."""
+        from sana_deploy.runtime.loading import cast_components, check_fixed_backend, fixed_stages
+
+        check_fixed_backend(backend)
+        comps = cast_components(components, precision, device)
+        provider = fixed_stages(comps, backend, precision, export_dir)
+        return cls(provider, comps.tokenizer, comps.preset, comps.model_id, device=device, **kwargs)
+
+    @classmethod
+    def from_engines(
+        cls,
+        engine_dir: str | Path = "engines",
+        model: str | Path = "sana-tiny",
+        backend: str = "auto",
+        precision: str | None = None,
+        on_miss: str = "background",
+        fallback: str = "torch",
+        random_weights: bool = False,
+        device: str = "cpu",
+        build_kwargs: dict | None = None,
+        **kwargs,
+    ) -> SanaDeployPipeline:
+        """Engines from ``engine_dir`` (``sana-deploy build``); a request no engine covers follows ``on_miss``
+        (``build``, ``background`` -- serve from ``fallback`` meanwhile -- or ``error``). ``build_kwargs`` go to
+        ``build_engines`` on a miss (e.g. ``export_root``, ``static``)."""
+        from sana_deploy.runtime.loading import engine_provider
+
+        provider, tokenizer, preset_, model_id = engine_provider(
+            engine_dir, model, backend, precision, on_miss, fallback, random_weights, device, build_kwargs
+        )
+        return cls(provider, tokenizer, preset_, model_id, device=device, **kwargs)
+
+    def set_progress_bar(self, enabled: bool) -> None:
+        self.progress_bar = enabled
+
+    # --- one request ----------------------------------------------------------------------------------------
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] = "",
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 4.5,
+        generator: torch.Generator | list[torch.Generator] | int | None = None,
+        num_images_per_prompt: int = 1,
+        sampler: str = "flow-dpm-solver",
+        resolution_binning: bool = True,
+        output_type: str = "pil",
+        callback: Callback | None = None,
+        latents: torch.Tensor | None = None,
+    ) -> SanaDeployOutput:
+        """Generate images. Returns :class:`SanaDeployOutput` (``.images``, per-stage ``.seconds``)."""
+        prompts = _prompt_list(prompt, "prompt")
+        negatives = _prompt_list(negative_prompt, "negative_prompt")
+        if len(negatives) == 1:
+            negatives = negatives * len(prompts)
+        if len(negatives) != len(prompts):
+            fail(f"Got {len(negatives)} negative prompts for {len(prompts)} prompts; pass one or one per prompt.")
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            fail(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}.")
+        if output_type not in OUTPUT_TYPES:
+            fail(f"Unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}.")
+        plan = plan_size(height, width, self.preset, resolution_binning)
+        solver = make_solver(sampler, num_inference_steps, self.preset.flow_shift)
+        cfg = guidance_scale > 1.0
+        n = num_images_per_prompt
+        batch = len(prompts) * n
+        seconds: dict[str, float] = {}
+        backends: dict[str, str] = {}
+
+        # 1. text: each distinct text encoded once per request
+        start = time.perf_counter()
+        te = self.provider.stage("text_encoder", plan.height, plan.width, len(prompts))
+        backends["text_encoder"] = te.label
+        emb, mask = encode_prompts(
+            te, self.tokenizer, prompts, negatives if cfg else None, self.complex_human_instruction, te.pad_seq_to
+        )
+        groups = 2 if cfg else 1  # [negatives; prompts] -> repeat each row n times, keeping the group order
+        emb = emb.repeat_interleave(n, dim=0).to(self.device)
+        mask = mask.repeat_interleave(n, dim=0).to(self.device)
+        assert emb.shape[0] == groups * batch
+        seconds["text_encoder"] = time.perf_counter() - start
+
+        # 2. denoising loop
+        start = time.perf_counter()
+        lh, lw = plan.latent_size
+        shape = (batch, LATENT_CHANNELS, lh, lw)
+        x = _latents(shape, generator, self.device) if latents is None else latents.to(self.device, torch.float32)
+        if tuple(x.shape) != shape:
+            fail(f"latents must have shape {shape} for this request, got {tuple(x.shape)}.")
+        dit = self.provider.stage("transformer", plan.height, plan.width, groups * batch)
+        backends["transformer"] = dit.label
+        for i in self._steps(solver.steps):
+            model_in = torch.cat([x, x]) if cfg else x
+            t = solver.model_timestep(model_in.shape[0], self.device)
+            v = dit(latent=model_in, timestep=t, encoder_hidden_states=emb, encoder_attention_mask=mask)
+            v = v["noise_pred"].float()
+            if cfg:
+                v_uncond, v_cond = v.chunk(2)
+                v = v_uncond + guidance_scale * (v_cond - v_uncond)
+            x = solver.step(v, x)
+            if callback is not None:
+                callback(i, float(t[0]), x)
+        seconds["denoise"] = time.perf_counter() - start
+        if output_type == "latent":
+            return SanaDeployOutput(x, plan.height, plan.width, seconds, backends)
+
+        # 3. DC-AE decode (tiled above the threshold), resize back from the bucket, convert
+        start = time.perf_counter()
+        image, mode = self._decode(x / self.preset.vae_scaling_factor, plan.height, plan.width, backends)
+        seconds["vae"] = time.perf_counter() - start
+        if plan.resized:
+            image = resize_and_crop(image, plan.out_height, plan.out_width)
+        images = postprocess(image, output_type)
+        return SanaDeployOutput(images, plan.out_height, plan.out_width, seconds, backends, mode)
+
+    def _steps(self, steps: int):
+        if not self.progress_bar:
+            return range(steps)
+        from tqdm.auto import tqdm
+
+        return tqdm(range(steps), desc="denoise", unit="step")
+
+    def _decode(self, latent: torch.Tensor, height: int, width: int, backends: dict) -> tuple[torch.Tensor, str]:
+        """(B,3,H,W) fp32 in about [-1, 1]; the exact split decode when a torch VAE is at hand."""
+        if not self.tiling.use_tiling(height, width):
+            vae = self.provider.stage("vae", height, width, latent.shape[0])
+            backends["vae"] = vae.label
+            return vae(latent=latent)["sample"].float(), "off"
+        module = self.provider.torch_vae() if self.tiling.method != "latent" else None
+        if self.tiling.method == "exact" and module is None:
+            fail("Exact tiled decode needs the torch DC-AE; this pipeline has none loaded. Use method='latent'.")
+        if module is not None:
+            backends["vae"] = "torch (exact tiled)"
+            return split_tiled_decode(module, latent, self.tiling.tile), "exact"
+        tile = self.tiling.tile
+        vae = self.provider.stage("vae", min(tile, height), min(tile, width), latent.shape[0])
+        backends["vae"] = f"{vae.label} (latent tiles)"
+
+        def decode(z: torch.Tensor) -> torch.Tensor:
+            return vae(latent=z)["sample"]
+
+        return tiled_decode(decode, latent, tile, self.tiling.overlap), "latent-tiles"
+
+
+__all__ = ["OUTPUT_TYPES", "SanaDeployError", "SanaDeployOutput", "SanaDeployPipeline"]
