@@ -1,0 +1,82 @@
+"""Latency benchmarks: every stage of every backend against diffusers' ``SanaPipeline`` in the same run.
+
+``bench(model, profiles, backends, ...)`` is the library entry point; ``sana-deploy bench`` maps options onto it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sana_deploy.bench.backends import BACKENDS, BASELINE, parse_backends
+from sana_deploy.bench.case import STAGES, BenchCase, parse_profiles, parse_stages
+from sana_deploy.bench.harness import BenchSettings, run_bench
+from sana_deploy.bench.report import collate, markdown, text_table, write_atomic, write_json
+from sana_deploy.bench.stats import STATISTICS, percentile, summarize
+
+
+def bench(
+    model: str = "sana-tiny",
+    profiles: str | list = "1024",
+    backends: str = "torch,onnxruntime,aoti",
+    steps: int = 20,
+    stages: str | None = None,
+    warmup: int = 3,
+    runs: int = 10,
+    precision: str = "fp32",
+    device: str = "auto",
+    guidance_scale: float = 4.5,
+    text_encoder_layers: int | None = None,
+    interleave: bool = False,
+    work_dir: Path | str | None = None,
+    seed: int = 0,
+    baseline: bool = True,
+) -> dict:
+    """Run the benchmark and return the result dict (see ``docs/BENCHMARKS.md`` for its fields)."""
+    import torch
+
+    from sana_deploy.models.components import torch_dtype
+
+    torch_dtype(precision)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    chosen_stages = parse_stages(stages)
+    chosen = parse_backends(backends, add_baseline=baseline)
+    settings = BenchSettings(warmup=warmup, runs=runs, interleave=interleave)
+    if work_dir is not None:
+        settings.work_dir = Path(work_dir)
+    cases = [
+        BenchCase(
+            model,
+            h,
+            w,
+            steps,
+            guidance_scale,
+            precision,
+            device,
+            seed=seed,
+            text_encoder_layers=text_encoder_layers,
+            stages=chosen_stages,
+        )
+        for h, w in parse_profiles(profiles)
+    ]
+    return run_bench(cases, chosen, settings)
+
+
+__all__ = [
+    "BACKENDS",
+    "BASELINE",
+    "STAGES",
+    "STATISTICS",
+    "BenchCase",
+    "BenchSettings",
+    "bench",
+    "collate",
+    "markdown",
+    "parse_backends",
+    "percentile",
+    "run_bench",
+    "summarize",
+    "text_table",
+    "write_atomic",
+    "write_json",
+]
