@@ -1,0 +1,139 @@
+"""``sana-deploy serve`` and ``sana-deploy export-triton`` (click layer over sana_deploy.serve)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+
+from sana_deploy.cli import main, model_option, random_weights_option
+
+
+@main.command()
+@model_option
+@random_weights_option
+@click.option("--engines", "engine_dir", default=None, help="Built engines folder (default: run the PyTorch model).")
+@click.option(
+    "--miss-policy",
+    type=click.Choice(["build", "background", "error"]),
+    default="error",
+    show_default=True,
+    help="What a request for a size with no engine does (the runtime's miss policy).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback unless told).")
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--api-key", default=None, help="Bearer token required on requests [env SANA_DEPLOY_API_KEY].")
+@click.option("--sizes", default=None, help="Allowed WxH sizes, comma-separated [the profiles' aspect buckets].")
+@click.option("--profiles", default=None, help="Base resolutions whose aspect buckets are allowed, e.g. 1024,2048.")
+@click.option("--max-n", default=4, show_default=True, type=int, help="Images per request.")
+@click.option("--max-queue", default=32, show_default=True, type=int, help="Requests in flight per replica (429).")
+@click.option("--timeout", "timeout_s", default=300.0, show_default=True, type=float, help="Per-request seconds.")
+@click.option("--steps", default=20, show_default=True, type=int, help="Default num_inference_steps.")
+@click.option("--ray", "use_ray", is_flag=True, help="Deploy on Ray Serve instead of a single uvicorn process.")
+@click.option("--replicas", default=1, show_default=True, type=int, help="Ray Serve replicas (with --ray).")
+@click.option("--gpus-per-replica", default=0.0, show_default=True, type=float)
+def serve(
+    model,
+    random_weights,
+    engine_dir,
+    miss_policy,
+    host,
+    port,
+    api_key,
+    sizes,
+    profiles,
+    max_n,
+    max_queue,
+    timeout_s,
+    steps,
+    use_ray,
+    replicas,
+    gpus_per_replica,
+) -> None:
+    """OpenAI-compatible POST /v1/images/generations (+ /health, /metrics) on uvicorn or Ray Serve."""
+    from sana_deploy.serve.pipeline import load_pipeline
+    from sana_deploy.serve.settings import default_settings
+
+    bases = [int(b) for b in profiles.split(",")] if profiles else None
+    settings = default_settings(
+        model,
+        bases=bases,
+        sizes=sizes,
+        api_key=api_key,
+        max_n=max_n,
+        max_queue=max_queue,
+        request_timeout_s=timeout_s,
+        num_inference_steps=steps,
+    )
+    factory = functools.partial(load_pipeline, model, engine_dir, miss_policy, random_weights)
+    if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
+        click.secho(f"warning: serving on {host} without an API key", fg="yellow", err=True)
+    click.echo(f"serving {model} on http://{host}:{port}/v1/images/generations ({len(settings.sizes)} sizes)")
+    if use_ray:
+        from sana_deploy.serve.ray_app import serve_ray
+
+        serve_ray(factory, settings, host, port, replicas, num_gpus=gpus_per_replica)
+        return
+    from sana_deploy.serve.http import serve_http
+    from sana_deploy.serve.service import ImageService
+
+    serve_http(ImageService(factory(), settings), host, port)
+
+
+@main.command("export-triton")
+@click.argument("repo_dir", type=click.Path(path_type=Path))
+@model_option
+@random_weights_option
+@click.option("--profiles", default="1024", show_default=True, help="Base resolutions, e.g. 1024,2048.")
+@click.option(
+    "--engine-backend",
+    type=click.Choice(["tensorrt", "onnxruntime", "python"]),
+    default="tensorrt",
+    show_default=True,
+    help="Per-engine models: TensorRT plans, Triton's ORT backend, or ORT in Python.",
+)
+@click.option(
+    "--engine-mode",
+    type=click.Choice(["bls", "onnxruntime"]),
+    default="bls",
+    show_default=True,
+    help="sana_pipeline calls the engine models (bls) or runs the ONNX graphs itself.",
+)
+@click.option("--engines", "engine_dir", default="engines", show_default=True, help="Engine cache (tensorrt).")
+@click.option("--onnx-dir", default=None, help="An `sana-deploy export` folder to reuse (default: export now).")
+@click.option("--max-batch", default=1, show_default=True, type=int)
+@click.option("--instance-kind", type=click.Choice(["KIND_GPU", "KIND_CPU"]), default="KIND_GPU", show_default=True)
+@click.option("--overwrite", is_flag=True)
+def export_triton(
+    repo_dir,
+    model,
+    random_weights,
+    profiles,
+    engine_backend,
+    engine_mode,
+    engine_dir,
+    onnx_dir,
+    max_batch,
+    instance_kind,
+    overwrite,
+) -> None:
+    """Write a Triton Inference Server model repository (engine models + Python-backend sana_pipeline)."""
+    from sana_deploy.serve.triton.repository import export_triton_repository
+
+    models = export_triton_repository(
+        repo_dir,
+        model,
+        profiles.split(","),
+        engine_backend,
+        engine_mode,
+        engine_dir,
+        onnx_dir,
+        max_batch,
+        instance_kind,
+        random_weights,
+        overwrite=overwrite,
+    )
+    for m in models:
+        click.echo(f"{m.name:<20} {m.platform:<18} {m.path}")
+    click.echo(f"\ntritonserver --model-repository={repo_dir}   (see docs/SERVING.md)")

@@ -1,0 +1,99 @@
+"""OpenAI-compatible HTTP API: ``POST /v1/images/generations``, ``GET /health``, ``GET /metrics``.
+
+The same ASGI app runs under uvicorn (``sana-deploy serve``) and inside each Ray Serve replica
+(``sana-deploy serve --ray``). Every refusal is a 4xx/5xx JSON error in OpenAI's shape; no request can take the
+worker down.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from sana_deploy.serve.pipeline import png_bytes
+from sana_deploy.serve.requests import RequestError, parse_body
+from sana_deploy.serve.service import ImageService
+
+
+def create_app(service: ImageService) -> FastAPI:
+    settings, metrics = service.settings, service.metrics
+    app = FastAPI(title="sana-deploy", docs_url=None, redoc_url=None)
+
+    def refuse(err: RequestError) -> JSONResponse:
+        metrics.observe_request(err.status)
+        headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+        return JSONResponse(err.to_json(), status_code=err.status, headers=headers)
+
+    @app.post("/v1/images/generations")
+    async def generations(request: Request):
+        started = time.perf_counter()
+        try:
+            _check_auth(request, settings.api_key)
+            body = await _read_body(request, settings.max_body_bytes)
+            req = parse_body(body, settings)
+            images = await service.generate(req)
+        except RequestError as err:
+            return refuse(err)
+        data = [{"b64_json": base64.b64encode(png_bytes(im)).decode(), "revised_prompt": req.prompt} for im in images]
+        metrics.observe_request(200, time.perf_counter() - started)
+        return {"created": int(time.time()), "data": data, "size": f"{req.width}x{req.height}"}
+
+    @app.get("/health")
+    async def health():
+        return {
+            "status": "ok",
+            "model": settings.model_name,
+            "queue_depth": service.depth,
+            "max_queue": settings.max_queue,
+            "sizes": settings.size_names(),
+            "max_n": settings.max_n,
+        }
+
+    @app.get("/metrics")
+    async def prometheus():
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.exception_handler(404)
+    async def not_found(request: Request, exc):  # OpenAI-shaped 404s too
+        return JSONResponse(RequestError(404, f"No route {request.url.path}.").to_json(), status_code=404)
+
+    @app.exception_handler(405)
+    async def bad_method(request: Request, exc):
+        err = RequestError(405, f"{request.method} is not allowed on {request.url.path}.")
+        return JSONResponse(err.to_json(), status_code=405)
+
+    return app
+
+
+def _check_auth(request: Request, api_key: str | None) -> None:
+    if not api_key:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+        raise RequestError(401, "Missing or wrong API key; send 'Authorization: Bearer <key>'.", code="invalid_api_key")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes ``limit`` (declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"Request body is {declared} bytes; the limit is {limit}.")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"Request body exceeds the limit of {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def serve_http(service: ImageService, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+    """Blocking: serve the app with uvicorn (loopback unless ``host`` says otherwise)."""
+    import uvicorn
+
+    uvicorn.run(create_app(service), host=host, port=port, log_level=log_level, timeout_keep_alive=5)

@@ -1,0 +1,122 @@
+"""OpenAI ``POST /v1/images/generations`` requests: parse, validate, and the 4xx errors they can raise."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from sana_deploy.serve.settings import ServeSettings
+
+
+class RequestError(Exception):
+    """A request the server refuses; ``status`` is the HTTP code, the message says what to change."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    def to_json(self) -> dict:
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    prompt: str
+    n: int
+    width: int
+    height: int
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int | None = None
+    negative_prompt: str = ""
+
+    @property
+    def bucket(self) -> tuple:
+        """Requests with the same bucket can share one pipeline call (same engine shapes and loop)."""
+        return (self.width, self.height, self.num_inference_steps, self.guidance_scale, self.negative_prompt)
+
+
+_KNOWN = {
+    "prompt",
+    "n",
+    "size",
+    "response_format",
+    "model",
+    "seed",
+    "num_inference_steps",
+    "guidance_scale",
+    "negative_prompt",
+    "user",
+    "quality",
+    "style",
+}
+
+
+def parse_body(body: bytes, settings: ServeSettings) -> ImageRequest:
+    """Bytes of an HTTP body -> a validated :class:`ImageRequest` (or a :class:`RequestError`)."""
+    if len(body) > settings.max_body_bytes:
+        raise RequestError(413, f"Request body is {len(body)} bytes; the limit is {settings.max_body_bytes}.")
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError(400, f"Body is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}).") from None
+    if not isinstance(data, dict):
+        raise RequestError(400, 'Body must be a JSON object like {"prompt": "a cat", "size": "1024x1024"}.')
+    return parse_request(data, settings)
+
+
+def parse_request(data: dict, settings: ServeSettings) -> ImageRequest:
+    unknown = sorted(set(data) - _KNOWN)
+    if unknown:
+        raise RequestError(400, f"Unknown field(s) {unknown}; accepted: {sorted(_KNOWN)}.", unknown[0])
+    prompt = data.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise RequestError(400, "'prompt' must be a non-empty string.", "prompt")
+    if len(prompt) > settings.max_prompt_chars:
+        raise RequestError(
+            400, f"'prompt' has {len(prompt)} characters; the limit is {settings.max_prompt_chars}.", "prompt"
+        )
+    n = _int(data, "n", 1, 1, settings.max_n)
+    fmt = data.get("response_format", "b64_json")
+    if fmt != "b64_json":
+        raise RequestError(
+            400, "Only response_format 'b64_json' is supported (this server stores no files).", "response_format"
+        )
+    width, height = _size(data.get("size"), settings)
+    steps = _int(data, "num_inference_steps", settings.num_inference_steps, 1, settings.max_inference_steps)
+    guidance = data.get("guidance_scale", settings.guidance_scale)
+    if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not 0.0 <= guidance <= 20.0:
+        raise RequestError(400, "'guidance_scale' must be a number from 0 to 20.", "guidance_scale")
+    seed = data.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise RequestError(400, "'seed' must be a non-negative integer.", "seed")
+    negative = data.get("negative_prompt", "")
+    if not isinstance(negative, str) or len(negative) > settings.max_prompt_chars:
+        raise RequestError(
+            400, f"'negative_prompt' must be a string of at most {settings.max_prompt_chars} characters."
+        )
+    return ImageRequest(prompt, n, width, height, steps, float(guidance), seed, negative)
+
+
+def _int(data: dict, name: str, default: int, lo: int, hi: int) -> int:
+    value = data.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise RequestError(400, f"'{name}' must be an integer from {lo} to {hi}, got {value!r}.", name)
+    return value
+
+
+def _size(value: object, settings: ServeSettings) -> tuple[int, int]:
+    if value is None or value == "auto":
+        return settings.default_size
+    allowed = settings.size_names()
+    shown = ", ".join(allowed[:12]) + (f" … ({len(allowed)} in all, see GET /health)" if len(allowed) > 12 else "")
+    if not isinstance(value, str):
+        raise RequestError(400, f"'size' must be a string like \"1024x1024\"; allowed: {shown}.", "size")
+    try:
+        w, h = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise RequestError(400, f"'size' {value!r} is not WIDTHxHEIGHT; allowed: {shown}.", "size") from None
+    if (w, h) not in settings.sizes:
+        raise RequestError(400, f"Size {value} is not served here; allowed: {shown}.", "size")
+    return w, h

@@ -1,0 +1,143 @@
+"""HTTP app on 127.0.0.1 with a fake pipeline: auth, limits, queueing, timeouts, batching, metrics, OpenAI client."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures as cf
+import io
+import json
+import time
+
+import httpx
+import pytest
+from PIL import Image
+
+from sana_deploy.errors import SanaDeployError
+from sana_deploy.serve.http import create_app
+from sana_deploy.serve.service import ImageService
+from sana_deploy.serve.settings import default_settings
+from tests.serve.conftest import FakePipeline, ThreadedServer
+
+
+def start(pipe, **overrides):
+    settings = default_settings("sana-tiny", sizes="64x64,96x64", **overrides)
+    service = ImageService(pipe, settings)
+    return service, ThreadedServer(create_app(service))
+
+
+@pytest.fixture
+def server(fake_pipe):
+    service, srv = start(fake_pipe, api_key="sk-test", max_n=2, batch_wait_s=0.0)
+    yield srv
+    srv.stop()
+    service.close()
+
+
+AUTH = {"Authorization": "Bearer sk-test"}
+
+
+def test_openai_client_gets_decodable_png(server):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="sk-test", max_retries=0, timeout=30)
+    out = client.images.generate(prompt="a red fox", n=2, size="96x64", response_format="b64_json")
+    assert len(out.data) == 2
+    images = [Image.open(io.BytesIO(base64.b64decode(d.b64_json))) for d in out.data]
+    assert all(im.format == "PNG" and im.size == (96, 64) for im in images)
+    assert images[0].tobytes() != images[1].tobytes()  # each image has its own generator
+
+
+def test_auth(server):
+    r = httpx.post(server.url + "/v1/images/generations", json={"prompt": "a"})
+    assert r.status_code == 401 and "API key" in r.json()["error"]["message"]
+    r = httpx.post(server.url + "/v1/images/generations", json={"prompt": "a"}, headers={"Authorization": "Bearer no"})
+    assert r.status_code == 401
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"  # health needs no key
+
+
+def test_bad_requests_never_break_the_worker(server):
+    post = lambda **kw: httpx.post(server.url + "/v1/images/generations", headers=AUTH, timeout=30, **kw)  # noqa: E731
+    assert post(content=b"{oops").status_code == 400
+    assert post(json={"prompt": "a", "size": "1024x1024"}).status_code == 400
+    assert post(json={"prompt": "a", "n": 3}).status_code == 400
+    assert post(json={"prompt": "a" * 3000}).status_code == 400
+    assert post(content=b"x" * (70 * 1024)).status_code == 413
+    assert httpx.get(server.url + "/v1/images/generations").status_code == 405
+    r = post(json={"prompt": "still fine", "seed": 1})
+    assert r.status_code == 200 and len(r.json()["data"]) == 1
+
+
+def test_same_seed_same_image_regardless_of_batch(server):
+    post = lambda p: httpx.post(  # noqa: E731
+        server.url + "/v1/images/generations", headers=AUTH, json={"prompt": p, "seed": 42}, timeout=30
+    ).json()["data"][0]["b64_json"]
+    assert post("same") == post("same")
+
+
+def test_queue_full_gives_429_and_timeout_gives_504():
+    pipe = FakePipeline(delay_s=0.6)
+    service, srv = start(pipe, max_queue=2, request_timeout_s=0.3, batch_wait_s=0.0, max_batch_images=1)
+    try:
+        url = srv.url + "/v1/images/generations"
+        with cf.ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(httpx.post, url, json={"prompt": f"p{i}"}, timeout=30) for i in range(4)]
+            codes = sorted(f.result().status_code for f in futures)
+        assert 429 in codes, codes  # only 2 fit in the queue
+        assert 504 in codes, codes  # the 0.6 s pipeline exceeds the 0.3 s timeout
+        assert set(codes) <= {429, 504}
+        time.sleep(1.5)  # the running call finishes; timed-out queued requests were dropped, not run
+        assert len(pipe.calls) <= 2
+        metrics = httpx.get(srv.url + "/metrics").text
+        assert 'sana_requests_total{status="429"}' in metrics
+    finally:
+        srv.stop()
+        service.close()
+
+
+def test_batches_within_a_size_bucket_only():
+    pipe = FakePipeline(delay_s=0.2)
+    service, srv = start(pipe, batch_wait_s=0.1, max_batch_images=4)
+    try:
+        url = srv.url + "/v1/images/generations"
+        sizes = ["64x64", "96x64", "64x64", "96x64", "64x64", "64x64"]
+        with cf.ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(httpx.post, url, json={"prompt": "p", "size": s}, timeout=30) for s in sizes]
+            assert all(f.result().status_code == 200 for f in futures)
+        assert sum(len(c["prompts"]) for c in pipe.calls) == 6
+        assert len(pipe.calls) < 6  # some requests shared a call
+        assert all(len(c["prompts"]) <= 4 for c in pipe.calls)
+        assert pipe.max_active == 1  # one pipeline call at a time per replica
+    finally:
+        srv.stop()
+        service.close()
+
+
+class MissPipeline(FakePipeline):
+    def __call__(self, prompt, **kw):
+        if kw["width"] == 96:
+            raise SanaDeployError("No transformer engine covers 64x96; run `sana-deploy build --profiles 512`.")
+        if kw["width"] == 64 and prompt[0] == "boom":
+            raise RuntimeError("kaboom")
+        return super().__call__(prompt, **kw)
+
+
+def test_engine_miss_is_503_and_crash_is_500_then_server_still_serves():
+    service, srv = start(MissPipeline(), batch_wait_s=0.0)
+    try:
+        url = srv.url + "/v1/images/generations"
+        r = httpx.post(url, json={"prompt": "p", "size": "96x64"}, timeout=30)
+        assert r.status_code == 503 and "sana-deploy build" in r.json()["error"]["message"]
+        assert httpx.post(url, json={"prompt": "boom"}, timeout=30).status_code == 500
+        assert httpx.post(url, json={"prompt": "ok"}, timeout=30).status_code == 200
+    finally:
+        srv.stop()
+        service.close()
+
+
+def test_metrics_and_health(server):
+    httpx.post(server.url + "/v1/images/generations", headers=AUTH, json={"prompt": "m"}, timeout=30)
+    text = httpx.get(server.url + "/metrics").text
+    assert 'sana_requests_total{status="200"}' in text and "sana_request_latency_seconds" in text
+    health = httpx.get(server.url + "/health").json()
+    assert health["sizes"] == ["64x64", "96x64"] and health["max_n"] == 2
+    assert json.loads(json.dumps(health))  # plain JSON
