@@ -109,5 +109,8 @@ def export(
             click.echo(f"  {p}")
 
 
-if __name__ == "__main__":
-    main()
+# Each area registers its commands on ``main`` (they import this module, so this comes after the group).
+from sana_deploy.bench import commands as _bench_commands  # noqa: E402, F401
+from sana_deploy.engines import commands as _engines_commands  # noqa: E402, F401
+from sana_deploy.runtime import commands as _runtime_commands  # noqa: E402, F401
+from sana_deploy.serve import commands as _serve_commands  # noqa: E402, F401
