@@ -246,6 +246,25 @@ def export_model(
     return [export_component(components, c, precision, out, parity) for c in names]
 
 
+def ensure_export(components: SanaComponents, component: str, precision: str, root: Path) -> tuple[Path, bool]:
+    """``root/<precision>/<component>/model.onnx`` of these weights and whether it was already there.
+
+    Exported (without the parity check) when missing or of other weights; a file lock makes concurrent callers
+    export once.
+    """
+    from filelock import FileLock
+
+    folder = export_dir(root, component, precision)
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f".{component}-{precision}.lock")):
+        manifest = folder / "manifest.json"
+        if manifest.exists():
+            data = json.loads(manifest.read_text())
+            if data.get("weights_sha256") == components.content_hash(component):
+                return folder / "model.onnx", True
+        return export_component(components, component, precision, root, parity=False).path, False
+
+
 def default_export_root(components: SanaComponents) -> Path:
     name = Path(components.model_id).name if os.sep in components.model_id else components.model_id
     return Path("export") / name

@@ -8,7 +8,6 @@ kernels, so a bf16 graph on CPU is refused with a message saying what to use ins
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -31,23 +30,6 @@ def available_providers() -> list[str]:
 
     have = ort.get_available_providers()
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in have]
-
-
-def ensure_export(components: SanaComponents, component: str, precision: str, root: Path) -> Path:
-    """``root/<precision>/<component>/model.onnx`` of these weights, exporting it when missing or stale."""
-    from filelock import FileLock
-
-    from sana_deploy.export import export_component, export_dir
-
-    folder = export_dir(root, component, precision)
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / f".{component}-{precision}.lock")):
-        manifest = folder / "manifest.json"
-        if manifest.exists():
-            data = json.loads(manifest.read_text())
-            if data.get("weights_sha256") == components.content_hash(component):
-                return folder / "model.onnx"
-        return export_component(components, component, precision, root, parity=False).path
 
 
 class OrtRunner:
@@ -86,7 +68,9 @@ def ort_stage(
     components: SanaComponents, component: str, precision: str, export_root: Path, threads: int | None = None
 ) -> Stage:
     """An ONNX Runtime stage for ``component``, exporting it under ``export_root`` when needed."""
-    path = ensure_export(components, component, precision, Path(export_root))
+    from sana_deploy.export import ensure_export
+
+    path, _cached = ensure_export(components, component, precision, Path(export_root))
     runner = OrtRunner(path, threads or _default_threads())
     return Stage(component, runner, "onnxruntime", precision, reentrant=True, detail=str(path))
 

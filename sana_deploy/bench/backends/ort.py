@@ -13,7 +13,6 @@ The export is the build step: it is cached under the work folder, keyed by the w
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 from sana_deploy.bench.backends.base import Backend, Prepared, runner_stages
 from sana_deploy.bench.case import BenchCase, CaseInputs
 from sana_deploy.errors import fail
+from sana_deploy.export import ensure_export
 from sana_deploy.models.components import SanaComponents
 
 _LEVELS = ("disable", "basic", "extended", "all")
@@ -59,24 +59,6 @@ def session_options(options: dict[str, str], profile_prefix: str | None = None):
         so.enable_profiling = True
         so.profile_file_prefix = profile_prefix
     return so
-
-
-def cached_export(comps: SanaComponents, component: str, precision: str, root: Path) -> tuple[Path, bool]:
-    """The ONNX file of ``component`` under ``root``, exported unless an export of the same weights is there."""
-    from filelock import FileLock
-
-    from sana_deploy.export import export_component, export_dir
-
-    folder = export_dir(root, component, precision)
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / f".{component}-{precision}.lock")):
-        manifest = folder / "manifest.json"
-        if manifest.exists():
-            data = json.loads(manifest.read_text())
-            if data.get("weights_sha256") == comps.content_hash(component):
-                return folder / "model.onnx", True
-        result = export_component(comps, component, precision, root, parity=False)
-        return result.path, False
 
 
 class OrtRunners:
@@ -140,7 +122,7 @@ class OrtBackend(Backend):
         profile = self.options.get("profile", "0") not in _OFF
         sessions, all_cached = {}, True
         for component in needed:
-            path, cached = cached_export(comps, component, case.precision, root)
+            path, cached = ensure_export(comps, component, case.precision, root)
             all_cached &= cached
             prefix = str(workdir / f"ort-profile-{component}") if profile else None
             sessions[component] = ort.InferenceSession(
