@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-import sana_deploy.bench.commands  # noqa: F401  (registers `bench` on the group)
 from sana_deploy.bench import BenchSettings, parse_backends
 from sana_deploy.bench.backends import BACKENDS
 from sana_deploy.bench.case import BenchCase, parse_profiles, parse_stages

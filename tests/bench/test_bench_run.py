@@ -9,7 +9,6 @@ import os
 import pytest
 from click.testing import CliRunner
 
-import sana_deploy.bench.commands  # noqa: F401
 from sana_deploy.bench import STAGES, STATISTICS, collate
 from sana_deploy.bench.machine import MACHINE_FIELDS
 from sana_deploy.cli import main

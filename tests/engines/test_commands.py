@@ -3,7 +3,6 @@
 import pytest
 from click.testing import CliRunner
 
-import sana_deploy.engines.commands  # noqa: F401  (registers the commands on main)
 from sana_deploy.cli import main
 from sana_deploy.engines.backends import auto_backend
 
