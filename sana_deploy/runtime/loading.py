@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import torch
@@ -56,22 +57,37 @@ def load_fixed_stages(
     """torch stages, or ONNX Runtime sessions over ``export_dir/<precision>/<component>/model.onnx``."""
     check_fixed_backend(backend)
     comps = load_model(model, precision, random_weights, preset, device)
-    return fixed_stages(comps, backend, precision, export_dir), comps
+    return fixed_stages(comps, backend, precision, export_dir, own_modules=True), comps
 
 
 def fixed_stages(
-    comps: SanaComponents, backend: str, precision: str, export_dir: str | Path | None = None
+    comps: SanaComponents,
+    backend: str,
+    precision: str,
+    export_dir: str | Path | None = None,
+    *,
+    own_modules: bool = False,
 ) -> FixedStages:
-    """Stages over already loaded (and cast) components."""
+    """Stages over already loaded (and cast) components.
+
+    ``own_modules``: the caller hands the modules over (``from_model``). With onnxruntime the transformer and text
+    encoder modules are then dropped once exported, before the sessions load their own copy of the weights, so
+    the process does not hold every weight twice (at real size Gemma-2 alone is 10 GB in fp32).
+    """
     if backend == "torch":
         stages = {c: torch_stage(comps, c, precision) for c in COMPONENTS}
         return FixedStages(stages, vae_module=comps.vae)
+    from sana_deploy.export import ensure_export
     from sana_deploy.export.exporter import default_export_root
     from sana_deploy.runtime.ort import ort_stage
 
     root = Path(export_dir) if export_dir is not None else default_export_root(comps)
-    stages: dict[str, Stage] = {c: ort_stage(comps, c, precision, root) for c in COMPONENTS}
-    # the exact tiled decode (large images) runs the torch DC-AE, whose weights are loaded anyway
+    paths = {c: ensure_export(comps, c, precision, root)[0] for c in COMPONENTS}
+    if own_modules:
+        comps.transformer = comps.text_encoder = None
+        gc.collect()
+    stages: dict[str, Stage] = {c: ort_stage(paths[c], c, precision) for c in COMPONENTS}
+    # the exact tiled decode (large images) runs the torch DC-AE (small next to the others: kept)
     return FixedStages(stages, vae_module=comps.vae)
 
 

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from sana_deploy.errors import fail
-from sana_deploy.models.components import SanaComponents
 from sana_deploy.runtime.stages import Stage
 
 
@@ -64,13 +63,8 @@ class OrtRunner:
         }
 
 
-def ort_stage(
-    components: SanaComponents, component: str, precision: str, export_root: Path, threads: int | None = None
-) -> Stage:
-    """An ONNX Runtime stage for ``component``, exporting it under ``export_root`` when needed."""
-    from sana_deploy.export import ensure_export
-
-    path, _cached = ensure_export(components, component, precision, Path(export_root))
+def ort_stage(path: Path, component: str, precision: str, threads: int | None = None) -> Stage:
+    """An ONNX Runtime stage for ``component`` over the exported graph at ``path``."""
     runner = OrtRunner(path, threads or _default_threads())
     return Stage(component, runner, "onnxruntime", precision, reentrant=True, detail=str(path))
 

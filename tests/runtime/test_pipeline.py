@@ -77,6 +77,23 @@ def test_onnxruntime_matches_torch(tiny, tiny_export, tiny_pipe):
     assert err <= 1e-3
     ia, ib = _ours(tiny_pipe, output_type="np").images, _ours(ort, output_type="np").images
     assert float(np.abs(ia - ib).max()) <= 1e-3
+    assert tiny.transformer is not None and tiny.text_encoder is not None  # the caller's modules are left alone
+
+
+def test_onnxruntime_from_model_frees_exported_modules(tiny_export, tiny_pipe):
+    """from_model owns its modules: once exported, the transformer and text encoder are not kept next to the
+    sessions (only the DC-AE, for the exact tiled decode), and the images are unchanged."""
+    from sana_deploy.models.random import random_components
+    from sana_deploy.runtime.loading import fixed_stages
+
+    root, _ = tiny_export
+    comps = random_components("sana-tiny")
+    provider = fixed_stages(comps, "onnxruntime", "fp32", root, own_modules=True)
+    assert comps.transformer is None and comps.text_encoder is None and provider.torch_vae() is comps.vae
+    assert {s.backend for s in provider.stages.values()} == {"onnxruntime"}
+    ort = type(tiny_pipe)(provider, comps.tokenizer, comps.preset, comps.model_id)
+    a, b = _ours(tiny_pipe, output_type="latent").images, _ours(ort, output_type="latent").images
+    assert _err(a, b) <= 1e-3
 
 
 def test_callback_and_generator_list(tiny_pipe):
