@@ -2,53 +2,73 @@
 
     python benchmarks/bench_runtime_cpu.py --models sana-tiny,sana-0.6b-512 --size 512 --steps 20 --repeats 3
 
-Real-size presets use seeded random weights (speed does not depend on weight values). The ONNX export (the
-onnxruntime "build") is timed separately and excluded; one warm-up request per backend is excluded too.
-Writes benchmarks/results/runtime_cpu.json (one row per model x backend: median seconds per stage).
+Real-size presets use seeded random weights (speed does not depend on weight values). Each backend runs in
+its own process (so peak memory is its own); loading, the ONNX export (the onnxruntime "build") and session
+creation are timed separately (``setup_s``) and excluded, and so is one warm-up request per backend.
+Writes benchmarks/results/runtime_cpu.json (one row per model x backend: median and p90 seconds per stage, and the
+machine record of ``sana_deploy.bench.machine``: CPU, load average, versions, git commit).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from sana_deploy.models.loaders import load_components
+from sana_deploy.bench.machine import loadavg, machine_record
+from sana_deploy.bench.stats import percentile
+from sana_deploy.fileio import write_atomic
 from sana_deploy.runtime.pipeline import SanaDeployPipeline
-from sana_deploy.versions import package_versions
 
 
-def bench(model: str, size: int, steps: int, repeats: int, export_root: Path) -> list[dict]:
-    comps = load_components(model, random_weights=True)
-    rows = []
-    for backend in ("torch", "onnxruntime"):
-        start = time.perf_counter()
-        pipe = SanaDeployPipeline.from_components(comps, backend=backend, export_dir=export_root / model)
-        setup = time.perf_counter() - start
-        args = dict(height=size, width=size, num_inference_steps=steps, resolution_binning=False, output_type="np")
-        pipe("warm-up", generator=0, **args)
-        runs = [pipe("a red fox in the snow", generator=0, **args).seconds for _ in range(repeats)]
-        median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        rows.append(
-            {
-                "model": model,
-                "backend": backend,
-                "size": size,
-                "steps": steps,
-                "repeats": repeats,
-                "setup_s": round(setup, 2),
-                **{f"{k}_s": round(v, 4) for k, v in median.items()},
-                "total_s": round(sum(median.values()), 4),
-            }
-        )
-        print(json.dumps(rows[-1]), flush=True)
-    return rows
+def _peak_rss_gb() -> float:
+    """This process's peak RSS so far (``VmHWM``)."""
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith("VmHWM")).split()[1]) / 2**20
+
+
+def bench_one(model: str, backend: str, size: int, steps: int, repeats: int, export_root: Path) -> dict:
+    """One backend in this (fresh) process: what a user gets from ``from_model`` (for onnxruntime: export,
+    then the torch transformer and text encoder are freed), one warm-up request, ``repeats`` timed ones."""
+    start = time.perf_counter()
+    pipe = SanaDeployPipeline.from_model(model, backend=backend, export_dir=export_root / model, random_weights=True)
+    setup = time.perf_counter() - start
+    args = dict(height=size, width=size, num_inference_steps=steps, resolution_binning=False, output_type="np")
+    pipe("warm-up", generator=0, **args)
+    runs = []
+    for _ in range(repeats):
+        out = pipe("a red fox in the snow", generator=0, **args)
+        runs.append({**out.seconds, "total": sum(out.seconds.values())})
+    stats = {
+        f"{k}_{name}_s": round(percentile([r[k] for r in runs], q), 4)
+        for k in runs[0]
+        for name, q in (("median", 50), ("p90", 90))
+    }
+    return {
+        "model": model,
+        "backend": backend,
+        "size": size,
+        "steps": steps,
+        "repeats": repeats,
+        "setup_s": round(setup, 2),  # load + export (onnxruntime) + sessions: excluded from the stages
+        "peak_rss_gb": round(_peak_rss_gb(), 2),  # of this backend's own process
+        **stats,
+    }
+
+
+def _child(model: str, backend: str, a: argparse.Namespace, export_root: Path) -> dict:
+    cmd = [sys.executable, __file__, "--one", model, backend, "--size", str(a.size), "--steps", str(a.steps)]
+    cmd += ["--repeats", str(a.repeats), "--export-root", str(export_root)]
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+    row = json.loads(out.strip().splitlines()[-1])
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def main() -> None:
@@ -58,16 +78,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "runtime_cpu.json")
+    ap.add_argument("--one", nargs=2, metavar=("MODEL", "BACKEND"), help=argparse.SUPPRESS)  # child process
+    ap.add_argument("--export-root", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = [r for m in a.models.split(",") for r in bench(m.strip(), a.size, a.steps, a.repeats, Path(tmp))]
-    machine = {
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-    }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"machine": machine, "versions": package_versions(), "rows": rows}, indent=2))
+    if a.one:
+        print(json.dumps(bench_one(*a.one, a.size, a.steps, a.repeats, a.export_root)), flush=True)
+        return
+    machine = machine_record()
+    with tempfile.TemporaryDirectory() as tmp:  # each backend in its own process: memory is per backend
+        rows = [_child(m.strip(), b, a, Path(tmp)) for m in a.models.split(",") for b in ("torch", "onnxruntime")]
+    machine["loadavg_end"] = loadavg()
+    machine["torch_threads"] = torch.get_num_threads()
+    write_atomic(a.out, json.dumps({"machine": machine, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
