@@ -8,6 +8,7 @@ looks finished. Layout: ``<out>/<precision>/<component>/{model.onnx[, model.onnx
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import logging
 import os
@@ -111,6 +112,8 @@ def trace_to_onnx(
         )
     external = _weight_bytes(module) > EXTERNAL_DATA_THRESHOLD * 0.9
     program.save(str(path), external_data=external)
+    del program
+    _release_weights(module)
     # Attach the function bodies to the weight-less graph, leaving external weights where they are.
     model = onnx.load(str(path), load_external_data=False)
     attach_functions(model)
@@ -118,6 +121,26 @@ def trace_to_onnx(
     onnx.save_model(model, str(path))
     files = sorted(f.name for f in path.parent.iterdir() if f.name.startswith(path.name))
     return model, files
+
+
+def _release_weights(module: torch.nn.Module) -> None:
+    """Let the exporter's IR go of ``module``'s tensors once they are saved.
+
+    onnxscript's rewriter (the exporter's optimisation pass, which TensorRT needs: it folds shape subgraphs
+    into constants) keeps the last graph it matched in module-level pattern matchers; stale values of that
+    graph hold the tensor wrappers whose raw data *is* the module's parameters. Without this, the weights of
+    the last export stay alive after the caller drops the module (10 GB for Gemma-2 at real size, on top of
+    the ONNX Runtime session that loads them from disk). Only wrappers of this module's own tensors are
+    emptied; the export that made them is finished. Tested by ``test_export_releases_the_weights``.
+    """
+    from torch.onnx._internal.exporter._core import TorchTensor
+
+    mine = {id(t) for t in (*module.parameters(), *module.buffers())}
+    with warnings.catch_warnings():  # isinstance() on some lazy modules' objects warns about deprecations
+        warnings.simplefilter("ignore")
+        for obj in gc.get_objects():
+            if type(obj) is TorchTensor and id(getattr(obj, "_raw", None)) in mine:
+                obj._raw = None
 
 
 def _in_dtype(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
