@@ -21,6 +21,7 @@ import time
 from enum import Enum
 from pathlib import Path
 
+from sana_deploy.engines.cache import pid_alive
 from sana_deploy.engines.entry import EngineEntry
 from sana_deploy.engines.profiles import profile_for_request
 from sana_deploy.errors import ShapeError, fail
@@ -162,10 +163,4 @@ def _alive(pid: int) -> bool:
             return False
     except ChildProcessError:
         pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
