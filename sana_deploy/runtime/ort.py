@@ -65,12 +65,13 @@ class OrtRunner:
 
 def ort_stage(path: Path, component: str, precision: str, threads: int | None = None) -> Stage:
     """An ONNX Runtime stage for ``component`` over the exported graph at ``path``."""
-    runner = OrtRunner(path, threads or _default_threads())
+    runner = OrtRunner(path, threads or usable_cores())
     return Stage(component, runner, "onnxruntime", precision, reentrant=True, detail=str(path))
 
 
-def _default_threads() -> int | None:
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one): ONNX Runtime's thread count."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
-        return None
+        return os.cpu_count() or 1

@@ -24,16 +24,10 @@ from sana_deploy.bench.case import BenchCase, CaseInputs
 from sana_deploy.errors import fail
 from sana_deploy.export import ensure_export
 from sana_deploy.models.components import SanaComponents
+from sana_deploy.runtime.ort import usable_cores
 
 _LEVELS = ("disable", "basic", "extended", "all")
 _OFF = ("0", "off", "false", "no")
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def session_options(options: dict[str, str], profile_prefix: str | None = None):
@@ -49,7 +43,7 @@ def session_options(options: dict[str, str], profile_prefix: str | None = None):
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[level]
-    so.intra_op_num_threads = int(options.get("threads", _cores()))
+    so.intra_op_num_threads = int(options.get("threads", usable_cores()))
     so.inter_op_num_threads = int(options.get("inter", 1))
     so.execution_mode = (
         ort.ExecutionMode.ORT_PARALLEL if options.get("mode", "seq") == "par" else ort.ExecutionMode.ORT_SEQUENTIAL
