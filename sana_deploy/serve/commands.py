@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from sana_deploy.cli import main, model_option, random_weights_option
+from sana_deploy.runtime.providers import MISS_POLICIES
 
 
 @main.command()
@@ -16,7 +17,7 @@ from sana_deploy.cli import main, model_option, random_weights_option
 @click.option("--engines", "engine_dir", default=None, help="Built engines folder (default: run the PyTorch model).")
 @click.option(
     "--miss-policy",
-    type=click.Choice(["build", "background", "error"]),
+    type=click.Choice(MISS_POLICIES),
     default="error",
     show_default=True,
     help="What a request for a size with no engine does (the runtime's miss policy).",
