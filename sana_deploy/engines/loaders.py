@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,12 +23,13 @@ def _value(v):  # noqa: ANN001, ANN202
     return v() if callable(v) else v
 
 
-class BaseLoader:
+class BaseLoader(ABC):
     def __call__(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN204
         return self.call_impl(*args, **kwargs)
 
+    @abstractmethod
     def call_impl(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
-        raise NotImplementedError
+        """Do the loader's work (its arguments are the loader's own)."""
 
 
 @dataclass

@@ -15,6 +15,7 @@ request under ``background``: the fallback serves it. Loaded runners are kept pe
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +40,12 @@ def require_runnable(backend: str) -> None:
         )
 
 
-class StageProvider:
+class StageProvider(ABC):
     """``stage(component, height, width, batch) -> Stage``; ``events`` records what each request ran on."""
 
+    @abstractmethod
     def stage(self, component: str, height: int, width: int, batch: int) -> Stage:
-        raise NotImplementedError
+        """The stage that serves ``component`` for a request of this size and batch."""
 
     def torch_vae(self) -> torch.nn.Module | None:
         """The torch DC-AE module when this provider has one loaded (enables the exact tiled decode)."""

@@ -12,6 +12,7 @@ A solver is per-request state (it remembers the previous x0 prediction); make on
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,7 +58,7 @@ def euler_flow_sigmas(steps: int, shift: float) -> tuple[torch.Tensor, torch.Ten
 
 
 @dataclass
-class FlowSolver:
+class FlowSolver(ABC):
     """Base: a fixed schedule and a ``step(v, x) -> x_next`` that advances one entry of it."""
 
     steps: int
@@ -73,15 +74,17 @@ class FlowSolver:
             fail(f"flow_shift must be positive, got {self.shift!r}.")
         self.sigmas, self.timesteps = self._schedule()
 
+    @abstractmethod
     def _schedule(self) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """(sigmas with the final 0 appended, the model timesteps) of this solver."""
 
     def model_timestep(self, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """The transformer's ``timestep`` input for the current step: (batch,) fp32."""
         return self.timesteps[self.index].to(device=device, dtype=torch.float32).expand(batch)
 
+    @abstractmethod
     def step(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Advance ``x`` one entry of the schedule with the model output ``v``."""
 
 
 class FlowDPMSolver(FlowSolver):

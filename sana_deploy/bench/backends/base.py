@@ -3,6 +3,7 @@ does the build/compile/export work (timed separately) and returns one callable p
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ class Prepared:
     release: Callable[[], None] | None = None
 
 
-class Backend:
+class Backend(ABC):
     """Subclasses set ``name`` and implement :meth:`unavailable` and :meth:`prepare`."""
 
     name = ""
@@ -45,8 +46,9 @@ class Backend:
         """Why this backend cannot run ``case`` on this machine, or None when it can."""
         return None
 
+    @abstractmethod
     def prepare(self, comps: SanaComponents, case: BenchCase, inputs: CaseInputs, workdir: Path) -> Prepared:
-        raise NotImplementedError
+        """Do the build/compile/export work and return one callable per stage."""
 
 
 def runner_stages(runners: Runners, comps: SanaComponents, case: BenchCase, inputs: CaseInputs) -> dict:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 
 from sana_deploy.engines.entry import EngineEntry
 from sana_deploy.errors import ShapeError, fail
 
 
-class Runner:
+class Runner(ABC):
     """``runner(**inputs) -> {output name: tensor}`` for one cache entry. Subclasses implement :meth:`infer`."""
 
     def __init__(self, entry: EngineEntry) -> None:
@@ -35,8 +37,9 @@ class Runner:
         outputs = self.infer({n: inputs[n] for n in self.input_names})
         return {k: v.to(device=device, dtype=torch.float32) for k, v in outputs.items()}
 
+    @abstractmethod
     def infer(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """Run the engine on inputs already checked and ordered by name."""
 
 
 def _tuple(v: int | list) -> tuple:
