@@ -1,4 +1,4 @@
-"""The C++ example (plugins/aoti_runner) builds with CMake against the torch wheel and matches Python on sana-tiny."""
+"""The C++ example (cpp/aoti_runner) builds with CMake against the torch wheel and matches Python on sana-tiny."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(
 def runner(tmp_path_factory) -> Path:
     build = tmp_path_factory.mktemp("cpp-build")
     prefix = torch.utils.cmake_prefix_path
-    cmd = ["cmake", "-S", str(ROOT / "plugins"), "-B", str(build), f"-DCMAKE_PREFIX_PATH={prefix}"]
+    cmd = ["cmake", "-S", str(ROOT / "cpp"), "-B", str(build), f"-DCMAKE_PREFIX_PATH={prefix}"]
     configure = subprocess.run(cmd, capture_output=True, text=True, check=True)
     assert "sana_trt_run: NOT BUILT" in configure.stdout or "sana_trt_run: building" in configure.stdout
     subprocess.run(["cmake", "--build", str(build), "-j2"], capture_output=True, text=True, check=True)
