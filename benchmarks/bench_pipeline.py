@@ -1,4 +1,4 @@
-"""The pipeline benchmark of issue 7 on the device machine: diffusers eager vs torch + our kernels vs aoti
+"""The end-to-end pipeline benchmark on the device machine: diffusers eager vs torch + our kernels vs aoti
 (and torch.compile), bf16, 20 steps, Sana 0.6B at 1024² and 1.6B at 1024²/2048²/4096², seeded random
 weights at the real dimensions (speed does not depend on weight values; nothing is downloaded).
 

@@ -2,8 +2,8 @@
 # GPU benchmarks for sana-deploy, run on the device machine from the repository root.
 #
 # Sections:
-#   kernels   -- issue 6 (Triton kernels: GPU tests + kernel benchmark vs diffusers eager math).
-#   pipeline  -- issue 7 (diffusers eager vs torch + our kernels vs aoti, bf16, 20 steps).
+#   kernels   -- Triton kernels: GPU tests + kernel benchmark vs diffusers eager math.
+#   pipeline  -- end-to-end pipeline: diffusers eager vs torch + our kernels vs aoti, bf16, 20 steps.
 #
 # Usage:
 #   bash benchmarks/gpu.sh setup                  # offline install of the carried wheels (see below)
@@ -29,7 +29,7 @@ diffusers.__version__, 'transformers', transformers.__version__, 'cuda', torch.c
 }
 
 # ---------------------------------------------------------------------------------------------------------------
-# kernels (issue 6): GPU tests of the Triton kernels (pytest -m gpu tests/plugins), then the kernel benchmark
+# kernels: GPU tests of the Triton kernels (pytest -m gpu tests/plugins), then the kernel benchmark
 # (Triton vs diffusers' eager math, every op x {0.6b,1.6b} x {1024,4096,16384} tokens x {bf16,fp16}). Needs only
 # torch + triton (no diffusers, no network). ~3-6 min on one H100; extra args go to bench_kernels.py
 # (e.g. `bash benchmarks/gpu.sh kernels --tokens 16384 --reps 20`).
@@ -43,7 +43,7 @@ kernels() {
 }
 
 # ---------------------------------------------------------------------------------------------------------------
-# pipeline (issue 7): diffusers eager (always added as the baseline) vs torch + our kernels vs aoti
+# pipeline: diffusers eager (always added as the baseline) vs torch + our kernels vs aoti
 # (+ torch.compile at 1024²), bf16, 20 steps, seeded random weights at the real dimensions.
 # Cases (benchmarks/bench_pipeline.py CASES): 0.6b-1024, 1.6b-1024, 1.6b-2k, 1.6b-4k.
 # Budget per case on one H100 (estimate): 1024² ~3-5 min (torch.compile and aoti compile time included),

@@ -1,8 +1,8 @@
 """Analytic FLOP count of one Sana transformer forward, and the peak rate of the device it ran on.
 
-Counts 2 FLOPs per multiply-accumulate of every matmul/conv (shared/reference/sana-model.md §1, §6);
+Counts 2 FLOPs per multiply-accumulate of every matmul/conv (docs/SANA.md#flop-estimate);
 element-wise work (norms, activations, modulation) is left out, as is usual for "model FLOPs".
-Check: 1.6B at 1024² is about 3.0 TFLOP per image per step (the reference's estimate is ~3.2).
+Check: 1.6B at 1024² is about 3.0 TFLOP per image per step (the rough parameter-count estimate is ~3.2).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Engines: resolution profiles, four backends behind one builder, and a cache the runtime can trust.
 
-See docs/ENGINES.md. Contract with the runtime (helper_notes/contract.md)::
+See docs/ENGINES.md. Contract with the runtime::
 
     Profile.from_base(1024, max_batch=1, static=False).covers(height, width, batch)
     build_engines(model, profiles, backend, precision, max_batch, static, engine_dir, components) -> [EngineEntry]

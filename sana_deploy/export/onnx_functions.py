@@ -1,12 +1,14 @@
 """The ``sana`` ONNX local functions: ``sana.LinearAttention`` and ``sana.MixFFN``.
 
 The exporter emits one node per ``sana::`` custom op, in domain ``sana``, with the attributes TensorRT's
-ONNX parser uses to look up a plugin (op type = plugin name, ``plugin_version``, ``plugin_namespace``;
-shared/reference/tensorrt.md §2.2). :func:`attach_functions` then adds a ``FunctionProto`` body for each,
-so ONNX Runtime runs the graph as-is and a plugin-less TensorRT (tensorrt-rtx) inlines the body.
+ONNX parser uses to look up a plugin (op type = plugin name, ``plugin_version`` (default "1"),
+``plugin_namespace``; a registered plugin wins over the local function). :func:`attach_functions` then adds
+a ``FunctionProto`` body for each, so ONNX Runtime runs the graph as-is and a plugin-less TensorRT
+(tensorrt-rtx) inlines the body.
 
 The bodies keep Sana's numerics: linear attention in fp32 (``Cast`` islands) with the result clamped
-to ±65504 before the cast back, no negative slicing (the normaliser is its own MatMul, reference §7).
+to ±65504 before the cast back, no negative slicing (the normaliser is its own MatMul;
+docs/SANA.md#linear-attention).
 """
 
 from __future__ import annotations

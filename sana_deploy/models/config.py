@@ -1,8 +1,8 @@
 """Model configuration: one dataclass per component plus named presets (gpt-fast style).
 
-Numbers come from shared/reference/sana-model.md §1 (dimensions), §1.2 (positional embedding),
-§4 (flow_shift) and §5 (dtypes). A preset describes *what* a released Sana variant is; where the
-weights come from is the loaders' business.
+The numbers are documented in docs/SANA.md (#presets: dimensions, flow_shift and weight dtypes;
+#positional-embedding; #dc-ae; #text-encoder). A preset describes *what* a released Sana variant is;
+where the weights come from is the loaders' business.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ class TransformerConfig:
 
 _RES, _VIT = "ResBlock", "EfficientViTBlock"
 
-# diffusers AutoencoderDC config of mit-han-lab/dc-ae-f32c32-sana-1.0 (reference §2)
+# diffusers AutoencoderDC config of mit-han-lab/dc-ae-f32c32-sana-1.0 (docs/SANA.md#dc-ae)
 DCAE_SANA_1_0: dict[str, Any] = {
     "in_channels": 3,
     "latent_channels": LATENT_CHANNELS,
@@ -127,7 +127,7 @@ DCAE_SANA_1_0: dict[str, Any] = {
     "scaling_factor": 0.41407,
 }
 
-# transformers Gemma2Config of gemma-2-2b-it (reference §3)
+# transformers Gemma2Config of gemma-2-2b-it (docs/SANA.md#text-encoder)
 GEMMA2_2B: dict[str, Any] = {
     "vocab_size": 256000,
     "hidden_size": 2304,
@@ -198,7 +198,7 @@ PRESETS: dict[str, SanaPreset] = {
     p.name: p
     for p in [
         _p("sana-0.6b-512", _t(28, 1152, 16, 72, 16), 3.0, "fp16", _E + "Sana_600M_512px_diffusers"),
-        # flow_shift 4.0 follows the NVlabs config (reference §4); a diffusers folder's scheduler config wins.
+        # flow_shift 4.0 as in NVlabs' config (diffusers writes 3.0); a diffusers folder's scheduler config wins.
         _p("sana-0.6b-1024", _t(28, 1152, 16, 72, 32), 4.0, "fp16", _E + "Sana_600M_1024px_diffusers"),
         _p("sana-1.6b-512", _t(20, 2240, 20, 112, 16), 3.0, "fp16", _E + "Sana_1600M_512px_diffusers"),
         _p("sana-1.6b-1024", _t(20, 2240, 20, 112, 32), 3.0, "fp16", _E + "Sana_1600M_1024px_diffusers"),

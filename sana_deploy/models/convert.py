@@ -1,4 +1,7 @@
-"""Key mapping between NVlabs' original Sana checkpoints and the diffusers layout (reference §5)."""
+"""Key mapping between NVlabs' original Sana checkpoints and the diffusers layout.
+
+The rules are listed in docs/SANA.md#checkpoint-key-mapping.
+"""
 
 from __future__ import annotations
 

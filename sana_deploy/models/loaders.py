@@ -28,7 +28,7 @@ from sana_deploy.models.transformer import SanaTransformer
 
 log = logging.getLogger(__name__)
 _SHOWN_KEYS = 12
-_CROSS_HEADS = {1152: (16, 72), 2240: (20, 112)}  # cannot be read from weights (reference §5)
+_CROSS_HEADS = {1152: (16, 72), 2240: (20, 112)}  # not in the weights (docs/SANA.md#checkpoint-key-mapping)
 
 
 def load_components(

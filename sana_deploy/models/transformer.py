@@ -6,7 +6,7 @@ with a strict key check. What differs from diffusers is only how the graph is ex
 * linear attention and Mix-FFN call the ``sana::`` custom ops (exported as ONNX local functions);
 * the sincos positional embedding (2K/4K tiers) is computed from the run-time latent size inside the
   graph, with the preset's base size and interpolation scale -- there is no fixed-size ``pos_embed`` buffer;
-* the linear-attention output is always clamped to the fp16 range (NVlabs behaviour, reference §1.4, §9).
+* the linear-attention output is always clamped to the fp16 range (NVlabs behaviour; docs/SANA.md#linear-attention).
 """
 
 from __future__ import annotations
@@ -196,7 +196,10 @@ class _PatchEmbed(nn.Module):
         return (x + self.pos_embed(h, w)[None]).to(x.dtype)
 
     def pos_embed(self, h: int, w: int) -> torch.Tensor:
-        """2D sincos table for an h x w latent, positions normalised to ``base_size`` (reference §1.2)."""
+        """2D sincos table for an h x w latent, positions normalised to ``base_size``.
+
+        See docs/SANA.md#positional-embedding.
+        """
         dev = self.omega.device
         pos_h = torch.arange(h, device=dev, dtype=torch.float32) / (h / self.base_size) / self.interpolation_scale
         pos_w = torch.arange(w, device=dev, dtype=torch.float32) / (w / self.base_size) / self.interpolation_scale
@@ -253,7 +256,7 @@ class SanaTransformer(nn.Module):
         """Every block's cross-attention K and V of the caption, stacked as (num_layers, 2, B, L, C).
 
         They depend only on the prompt, so a denoising loop can compute them once per request and call
-        :meth:`forward_cached` at every step (reference §1.5 "step invariance").
+        :meth:`forward_cached` at every step (docs/SANA.md#cross-attention).
         """
         y = self._caption(encoder_hidden_states)
         return torch.stack([torch.stack(block.text_kv(y)) for block in self.transformer_blocks])

@@ -1,6 +1,6 @@
 """Sana's flow samplers: Flow-DPM-Solver++ (2nd-order multistep, the default) and Flow-Euler.
 
-Written from the formulas in shared/reference/sana-model.md §4; diffusers' ``DPMSolverMultistepScheduler(
+Written from the formulas in docs/SANA.md#flow-samplers; diffusers' ``DPMSolverMultistepScheduler(
 use_flow_sigmas=True, prediction_type="flow_prediction", algorithm_type="dpmsolver++", solver_order=2,
 solver_type="midpoint", lower_order_final=True, final_sigmas_type="zero")`` and
 ``FlowMatchEulerDiscreteScheduler(shift=flow_shift)`` are what the tests compare against, step by step.
@@ -22,7 +22,7 @@ from sana_deploy.errors import fail
 
 NUM_TRAIN_TIMESTEPS = 1000
 SAMPLERS = ("flow-dpm-solver", "flow-euler")
-DEFAULT_STEPS = {"flow-dpm-solver": 20, "flow-euler": 28}  # NVlabs scripts/inference.py (reference §4)
+DEFAULT_STEPS = {"flow-dpm-solver": 20, "flow-euler": 28}  # NVlabs scripts/inference.py defaults
 
 
 def shift_sigmas(sigmas: np.ndarray, shift: float) -> np.ndarray:

@@ -1,7 +1,7 @@
-"""Sana's prompt handling around the Gemma-2 text-encoder stage (shared/reference/sana-model.md §3).
+"""Sana's prompt handling around the Gemma-2 text-encoder stage (docs/SANA.md#text-encoder).
 
 We follow **diffusers' ``SanaPipeline``** (``clean_caption=False``), not the NVlabs native pipeline, because
-diffusers is the golden reference of the end-to-end test. The parity traps (reference §3, §9.8):
+diffusers is the golden reference of the end-to-end test. Where the two differ:
 
 * prompts are lower-cased and stripped (NVlabs only strips);
 * the complex human instruction (CHI) is diffusers' default, with single quotes ('Enhanced prompt');

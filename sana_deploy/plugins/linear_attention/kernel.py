@@ -1,4 +1,4 @@
-"""Triton kernels for Sana's ReLU linear attention (math: ref.py, shared/reference/sana-model.md §1.4).
+"""Triton kernels for Sana's ReLU linear attention (math: ref.py, docs/SANA.md#linear-attention).
 
 Per (batch, head) the op needs one d x d state ``KV = sum_j relu(k_j) v_j^T`` plus the row ``ks = sum_j relu(k_j)``
 (the ones-padding of v written as its own vector), then ``o_i = relu(q_i) KV / (relu(q_i) . ks + eps)``.

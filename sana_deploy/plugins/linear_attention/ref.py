@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of Sana's ReLU linear attention (shared/reference/sana-model.md §1.4)."""
+"""Pure-PyTorch reference of Sana's ReLU linear attention (docs/SANA.md#linear-attention)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Triton kernel for the middle of Sana's Mix-FFN (math: ref.py, shared/reference/sana-model.md §1.6).
+"""Triton kernel for the middle of Sana's Mix-FFN (math: ref.py, docs/SANA.md#mix-ffn).
 
 ``dw_glu_kernel`` fuses SiLU (of the inverted 1x1 conv's output), the depthwise 3x3 conv (padding 1) + bias and the
 GLU gate ``a * SiLU(g)``: it reads the (B, H, W, 2F) pre-activation once from memory and writes the (B, H, W, F)

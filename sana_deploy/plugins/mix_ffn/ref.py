@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of Sana's Mix-FFN / GLUMBConv (shared/reference/sana-model.md §1.6)."""
+"""Pure-PyTorch reference of Sana's Mix-FFN / GLUMBConv (docs/SANA.md#mix-ffn)."""
 
 from __future__ import annotations
 
