@@ -1,0 +1,46 @@
+"""Docs and comments are self-contained: no pointers to private notes or to a tracker users cannot see.
+
+Model facts belong in docs/SANA.md; a tracker number becomes a description of the thing. Public upstream
+threads are cited as ``owner/repo#N``.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCOPE = ("sana_deploy", "docs", "benchmarks", "cpp", "tests", "README.md")
+FORBIDDEN = re.compile(r"shared/reference|helper_notes|\bissue\s+#?\d+\b", re.IGNORECASE)
+
+
+def _tracked_files() -> list[Path]:
+    try:
+        out = subprocess.run(
+            ["git", "ls-files", "-z", "--", *SCOPE], cwd=ROOT, capture_output=True, check=True, text=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    this = Path(__file__).resolve()
+    return [ROOT / p for p in out.split("\0") if p and (ROOT / p).resolve() != this]
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="sana_deploy/bench/pipeline.py and bench/backends/{aoti,engines}.py still cite private notes / "
+    "tracker issues; they are being deleted or rewritten. Drop this mark once they are gone.",
+)
+def test_no_private_references() -> None:
+    hits = []
+    for path in _tracked_files():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue  # binary or deleted in the working tree
+        for n, line in enumerate(text.splitlines(), 1):
+            if FORBIDDEN.search(line):
+                hits.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert not hits, "Pointers to private notes or tracker issues (use docs/SANA.md instead):\n" + "\n".join(hits)
