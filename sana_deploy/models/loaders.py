@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+from sana_deploy.contract import COMPONENTS
 from sana_deploy.errors import CheckpointError, fail
-from sana_deploy.models.components import COMPONENTS, SanaComponents
+from sana_deploy.models.components import SanaComponents
 from sana_deploy.models.config import (
     DEFAULT_MODEL,
     PRESETS,
@@ -25,6 +27,9 @@ from sana_deploy.models.config import (
 )
 from sana_deploy.models.convert import DROPPED_PREFIXES, is_nvlabs, nvlabs_to_diffusers, unwrap
 from sana_deploy.models.transformer import SanaTransformer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 _SHOWN_KEYS = 12
@@ -218,13 +223,48 @@ def load_diffusers_folder(
 
         out.vae = _from_pretrained(AutoencoderDC, folder / "vae", dtype)
     if "text_encoder" in components:
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
         te = _from_pretrained(AutoModel, folder / "text_encoder", dtype, attn_implementation="eager")
         out.text_encoder = te.get_decoder() if hasattr(te, "get_decoder") and te.get_decoder() is not te else te
-        out.tokenizer = _from_pretrained(AutoTokenizer, folder / "tokenizer", None)
-        out.tokenizer.padding_side = "right"
+        out.tokenizer = load_tokenizer(folder)
     return out
+
+
+def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer of a diffusers folder (``folder/tokenizer``, or ``folder`` itself when it holds the tokenizer
+    files), read with ``AutoTokenizer`` as diffusers reads it, padding on the right as Sana's prompt handling needs."""
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    path = folder / "tokenizer" if (folder / "tokenizer").is_dir() else folder
+    if not (path / "tokenizer_config.json").exists() and not (path / "tokenizer.json").exists():
+        fail(f"No tokenizer in {folder} (expected {folder / 'tokenizer'}/tokenizer_config.json).", CheckpointError)
+    tokenizer = _from_pretrained(AutoTokenizer, path, None)
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: Path) -> str:
+    """Write ``tokenizer`` with ``save_pretrained`` and return the class name for ``model_index.json``.
+
+    A plain ``PreTrainedTokenizerFast`` (the sana-tiny byte tokenizer) is recorded under that public name in
+    ``tokenizer_config.json`` too, so diffusers and ``AutoTokenizer`` rebuild exactly the saved ``tokenizer.json``
+    instead of a Gemma tokenizer with other ids.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    from sana_deploy.models.tokenizer import TOKENIZER_CLASS  # imports transformers, as load_components does
+
+    folder = Path(folder)
+    tokenizer.save_pretrained(str(folder))
+    if type(tokenizer) is not PreTrainedTokenizerFast:
+        return type(tokenizer).__name__
+    cfg_path = folder / "tokenizer_config.json"
+    cfg = _read_json(cfg_path)
+    cfg["tokenizer_class"] = TOKENIZER_CLASS
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    return TOKENIZER_CLASS
 
 
 def _from_pretrained(cls, path: Path, dtype: torch.dtype | None, **kwargs):
@@ -258,9 +298,8 @@ def save_diffusers_folder(components: SanaComponents, folder: Path) -> Path:
         index["vae"] = ["diffusers", "AutoencoderDC"]
     if components.text_encoder is not None:
         components.text_encoder.save_pretrained(str(folder / "text_encoder"))
-        components.tokenizer.save_pretrained(str(folder / "tokenizer"))
         index["text_encoder"] = ["transformers", "Gemma2Model"]
-        index["tokenizer"] = ["transformers", "GemmaTokenizerFast"]
+        index["tokenizer"] = ["transformers", save_tokenizer(components.tokenizer, folder / "tokenizer")]
     (folder / "scheduler").mkdir(exist_ok=True)
     sched = {
         "_class_name": "DPMSolverMultistepScheduler",

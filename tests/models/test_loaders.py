@@ -6,7 +6,8 @@ from safetensors.torch import save_file
 
 from sana_deploy.errors import CheckpointError, SanaDeployError
 from sana_deploy.models.convert import diffusers_to_nvlabs
-from sana_deploy.models.loaders import load_components, save_diffusers_folder
+from sana_deploy.models.loaders import load_components, load_tokenizer, save_diffusers_folder
+from sana_deploy.runtime.text import COMPLEX_HUMAN_INSTRUCTION
 
 
 def _forward(model):
@@ -35,6 +36,69 @@ def test_diffusers_folder_round_trip(tiny, checkpoints):
     assert torch.equal(_forward(loaded.transformer), _forward(tiny.transformer))
     ids = loaded.tokenizer(["a red fox"]).input_ids[0]
     assert ids == tiny.tokenizer(["a red fox"]).input_ids[0] and ids[0] == 2  # BOS first
+
+
+CHI = "\n".join(COMPLEX_HUMAN_INSTRUCTION)  # how diffusers' SanaPipeline joins it
+TEXTS = [
+    "a red fox",
+    "  A Red Fox, in the SNOW!  (at dusk; 50% fog) -- \"quoted\" 'single' <tag> a_b\\c",
+    "héllo wörld — 世界 🙂 naïve café\ttab\nnew line  two  spaces",
+    "",
+    CHI + "\n" + "a cat sleeping",
+    "x" * 400,  # truncated
+]
+
+
+@pytest.fixture(scope="module")
+def diffusers_pipe(checkpoints):
+    from diffusers import SanaPipeline
+
+    pipe = SanaPipeline.from_pretrained(str(checkpoints / "folder"))  # diffusers' own tokenizer, no override
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _tokens(tokenizer, texts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+    out = tokenizer(texts, padding="max_length", max_length=300, truncation=True, add_special_tokens=True)
+    return out.input_ids, out.attention_mask
+
+
+def test_saved_tokenizer_loads_identically_in_diffusers(tiny, checkpoints, diffusers_pipe):
+    ours = tiny.tokenizer
+    for name, tok in [
+        ("diffusers", diffusers_pipe.tokenizer),
+        ("load_tokenizer", load_tokenizer(checkpoints / "folder")),
+    ]:
+        assert "Gemma" not in type(tok).__name__, name
+        assert tok.padding_side == "right", name
+        assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (2, 1, 0), name
+        assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (
+            ours.bos_token_id,
+            ours.eos_token_id,
+            ours.pad_token_id,
+        )
+        for text in TEXTS:  # one at a time and as one padded batch
+            assert _tokens(tok, [text]) == _tokens(ours, [text]), (name, text[:40])
+        assert _tokens(tok, TEXTS) == _tokens(ours, TEXTS), name
+        assert tok.encode(CHI) == ours.encode(CHI), name  # diffusers sizes the CHI token budget with encode()
+        assert tok.vocab_size == ours.vocab_size <= tiny.preset.text_encoder["vocab_size"], name
+    ids, mask = _tokens(ours, TEXTS)
+    assert ids[3][:2] == [2, 0] and mask[3][:2] == [1, 0]  # "": BOS only, padded on the right
+    assert 3 not in ids[1] and 3 not in ids[2]  # no <unk> for spaces, punctuation or unicode
+    assert len(ours.encode(CHI)) + 300 - 2 <= ours.model_max_length  # room for CHI + prompt in byte tokens
+
+
+def test_diffusers_from_pretrained_matches_our_pipeline(tiny, diffusers_pipe):
+    from sana_deploy.runtime.pipeline import SanaDeployPipeline
+
+    ours = SanaDeployPipeline.from_components(tiny, backend="torch")
+    prompt = "  Héllo, Wörld: a red fox 🦊 in the SNOW!  "
+    common = dict(height=128, width=128, num_inference_steps=2, guidance_scale=4.5, output_type="latent")
+    a = ours(prompt, generator=torch.Generator().manual_seed(0), resolution_binning=False, **common).images
+    b = diffusers_pipe(prompt, generator=torch.Generator().manual_seed(0), use_resolution_binning=False, **common)
+    a, b = torch.as_tensor(a).float(), torch.as_tensor(b.images).float()
+    assert a.shape == b.shape
+    assert float((a - b).abs().max()) <= 1e-4
 
 
 @pytest.mark.parametrize("name", ["nvlabs.pth", "nvlabs.safetensors", "diffusers.safetensors"])

@@ -19,9 +19,6 @@ def diffusers_pipe(tiny, tmp_path_factory):
     from sana_deploy.models.loaders import save_diffusers_folder
 
     folder = save_diffusers_folder(tiny, tmp_path_factory.mktemp("diffusers") / "sana-tiny")
-    pipe = SanaPipeline.from_pretrained(str(folder))
-    # The byte tokenizer does not survive the save/reload (it comes back as a GemmaTokenizer with other ids for
-    # some bytes), so diffusers gets the same tokenizer object; every module is diffusers' own reload.
-    pipe.tokenizer = tiny.tokenizer
+    pipe = SanaPipeline.from_pretrained(str(folder))  # every module and the tokenizer are diffusers' own reload
     pipe.set_progress_bar_config(disable=True)
     return pipe
