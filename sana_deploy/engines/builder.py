@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sana_deploy.engines.backends import Backend, BuildJob, BuildOptions, get_backend
+from sana_deploy.engines.backends import Backend, BuildJob, BuildOptions, get_backend, not_runnable_note
 from sana_deploy.engines.cache import EngineCache, sha256_file
 from sana_deploy.engines.entry import CacheKey, EngineEntry, model_dirname
 from sana_deploy.engines.loaders import EngineFromOnnx, SaveEngine
@@ -177,6 +177,8 @@ def build_engines(
     options = options or BuildOptions()
     device = chosen.target_device(options)  # validates targets before anything is exported
     say(f"backend: {chosen.name} {chosen.version()} for {device} ({why})")
+    if note := not_runnable_note(chosen, device):  # e.g. tensorrt-rtx on a CPU-only machine: built for another
+        say(note)
     model = str(model)
     loaded: dict = {}
 

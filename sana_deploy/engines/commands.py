@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from sana_deploy.cli import PRECISIONS, main, model_option, preset_option, random_weights_option
-from sana_deploy.engines.backends import BACKEND_CHOICES
+from sana_deploy.engines.backends import BACKEND_CHOICES, BACKENDS, not_runnable_note
 
 DEFAULT_ENGINE_DIR = Path("engines")
 
@@ -107,6 +107,8 @@ def build(
     ]
     click.echo()
     _table(rows, ["component", "profile", "shapes", "backend", "size", "build", "cache path"])
+    for note in dict.fromkeys(filter(None, (not_runnable_note(BACKENDS[e.backend], e.device) for e in entries))):
+        click.echo(note)
 
 
 @main.group()

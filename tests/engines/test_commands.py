@@ -83,12 +83,12 @@ def test_missing_backend_package_names_the_extra(tmp_path, monkeypatch):
 
 
 def test_auto_says_what_it_picked_and_why():
+    from sana_deploy.engines.devices import cuda_available
+
     backend, why = auto_backend()
     assert backend.name in ("tensorrt", "tensorrt-rtx", "onnxruntime") and why
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        assert backend.name == "tensorrt-rtx" and "tensorrt is not installed" in why
+    if not cuda_available():  # engines must run here: tensorrt-rtx only cross-builds when asked for by name
+        assert backend.name == "onnxruntime"
 
 
 def test_engines_list_on_an_empty_dir(tmp_path):

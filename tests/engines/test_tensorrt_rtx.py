@@ -73,11 +73,32 @@ def test_runner_without_cuda_fails_clearly(rtx_engines):
 
 def test_second_build_is_a_hit(rtx_engines, export_root):
     root, first = rtx_engines
+    said: list[str] = []
     again = build_engines(
-        "sana-tiny", "1024,2048,4096", backend="tensorrt-rtx", engine_dir=root, export_root=export_root, progress=False
-    )
+        "sana-tiny", "1024,2048,4096", backend="tensorrt-rtx", engine_dir=root, export_root=export_root,
+        progress=False, say=said.append,
+    )  # fmt: skip
     assert [e.key for e in again] == [e.key for e in first]
     assert all(e.hit and e.lookup_seconds < 0.05 for e in again)
+    if not cuda_available():  # the build output says what the engines are for and that they cannot run here
+        note = next(m for m in said if m.startswith("note:"))
+        assert "NVIDIA RTX-class GPUs" in note and "will not run on this machine" in note
+
+
+@pytest.mark.skipif(cuda_available(), reason="checks the cross-build note on a CPU-only machine")
+def test_cli_build_says_rtx_engines_will_not_run_here(rtx_engines, export_root):
+    from click.testing import CliRunner
+
+    from sana_deploy.cli import main
+
+    root, _ = rtx_engines
+    res = CliRunner().invoke(
+        main, ["build", "--backend", "tensorrt-rtx", "--components", "vae", "--engine-dir", str(root),
+               "--export-dir", str(export_root)], catch_exceptions=False,
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    tail = [line for line in res.output.splitlines() if line.strip()][-1]  # after the table (cached: no build)
+    assert tail.startswith("note: these tensorrt-rtx engines are for NVIDIA RTX-class GPUs") and "will not run" in tail
 
 
 def test_targets_change_the_key(export_root, tmp_path, rtx_engines):

@@ -23,16 +23,39 @@ BACKEND_CHOICES = (*BACKENDS, "auto")
 
 
 def auto_backend() -> tuple[Backend, str]:
-    """tensorrt when importable with a GPU, else tensorrt-rtx when installed, else onnxruntime; and why."""
+    """The best installed backend whose engines run on this machine, and why it was chosen.
+
+    tensorrt with a CUDA GPU; else tensorrt-rtx with a CUDA GPU it targets (RTX-class, not Hopper); else
+    onnxruntime. tensorrt-rtx can build on a CPU-only machine for another one, but only when asked for by name.
+    """
     from sana_deploy.engines.devices import cuda_available
 
     trt, rtx = BACKENDS["tensorrt"], BACKENDS["tensorrt-rtx"]
-    if trt.available() and cuda_available():
+    gpu = cuda_available()
+    if trt.available() and gpu:
         return trt, "tensorrt is installed and a CUDA GPU is present"
     why = "tensorrt is not installed" if not trt.available() else "tensorrt is installed but there is no CUDA GPU"
-    if rtx.available():
-        return rtx, f"{why}; tensorrt-rtx is installed (builds RTX engines on the CPU)"
-    return BACKENDS["onnxruntime"], f"{why} and tensorrt-rtx is not installed; onnxruntime is the fallback"
+    if not rtx.available():
+        return BACKENDS["onnxruntime"], f"{why} and tensorrt-rtx is not installed; onnxruntime is the fallback"
+    unsupported = rtx.unsupported_here()
+    if unsupported is None:
+        return rtx, f"{why}; tensorrt-rtx is installed and targets this GPU"
+    return BACKENDS["onnxruntime"], (
+        f"{why}; tensorrt-rtx is installed but {unsupported}, so onnxruntime, whose engines run here "
+        f"(--backend tensorrt-rtx still builds RTX engines for another machine)"
+    )
+
+
+def not_runnable_note(backend: Backend, device: str) -> str | None:
+    """A line for build output when engines built for ``device`` cannot run on this machine, else None."""
+    reason = backend.can_run(device)
+    if reason is None:
+        return None
+    what = TensorRtRtxBackend.describe(device) if isinstance(backend, TensorRtRtxBackend) else device
+    return (
+        f"note: these {backend.name} engines are for {what}; they will not run on this machine ({reason}). "
+        f"Copy them to such a machine, or build with --backend auto for engines that run here."
+    )
 
 
 def get_backend(name: str) -> tuple[Backend, str]:
@@ -59,4 +82,5 @@ __all__ = [
     "EngineBuildError",
     "auto_backend",
     "get_backend",
+    "not_runnable_note",
 ]

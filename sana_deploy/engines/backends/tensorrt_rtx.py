@@ -15,6 +15,9 @@ from sana_deploy.errors import ShapeError, fail
 # Ampere to Blackwell. One plan serves them all at no extra build time or size (measured on sana-tiny); Turing
 # (sm75) is left out: its RTX builds reject fp32 GEMMs ("FP32 GEMM is not supported").
 DEFAULT_TARGETS = ("sm80", "sm86", "sm89", "sm120")
+# What --targets accepts: the RTX-class architectures TensorRT-RTX compiles for. No Hopper (sm90, H100/H200) and
+# no datacenter Blackwell (sm100): its engines cannot run there.
+TARGETS = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121")
 
 
 def _capabilities(trt) -> dict[str, object]:  # noqa: ANN001
@@ -41,16 +44,32 @@ class TensorRtRtxBackend(Backend):
         else:
             here = current_device()
             wanted = (here,) if here in DEFAULT_TARGETS else DEFAULT_TARGETS
-        valid = [
-            "sm75", "sm80", "sm86", "sm89", "sm120", "sm121",
-        ]  # fmt: skip
-        bad = [t for t in wanted if t not in valid]
+        bad = [t for t in wanted if t not in TARGETS]
         if bad:
-            fail(f"tensorrt-rtx cannot target {bad}; choose from {', '.join(valid)} (no Hopper/sm90).", ShapeError)
+            fail(f"tensorrt-rtx cannot target {bad}; choose from {', '.join(TARGETS)} (no Hopper/sm90).", ShapeError)
         return tuple(sorted(wanted, key=lambda t: int(t[2:])))
 
     def target_device(self, options: BuildOptions) -> str:
         return "+".join(self.targets(options))
+
+    def unsupported_here(self) -> str | None:
+        """None if engines built with the default targets run on this machine's GPU, else why they cannot."""
+        from sana_deploy.engines.devices import current_device, device_name
+
+        here = current_device()
+        if here == "cpu":
+            return "its engines need an NVIDIA RTX-class GPU with CUDA and this machine has none"
+        if here not in self.targets(BuildOptions()):
+            return (
+                f"it does not target this GPU ({device_name()}, {here}); it builds for RTX-class GPUs "
+                f"({', '.join(DEFAULT_TARGETS)}), not Hopper/datacenter parts"
+            )
+        return None
+
+    @staticmethod
+    def describe(device: str) -> str:
+        """What an artifact built for ``device`` (``sm80+sm86``) runs on, in words."""
+        return f"NVIDIA RTX-class GPUs of compute capability {', '.join(device.split('+'))}"
 
     def build(self, job: BuildJob) -> BuildOutput:
         from sana_deploy.engines.devices import cuda_available
