@@ -2,31 +2,54 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 
 import click
 
-from sana_deploy.cli import main, model_option, random_weights_option
-from sana_deploy.runtime.providers import MISS_POLICIES
+from sana_deploy.cli import PRECISIONS, main, model_option, random_weights_option
+from sana_deploy.contract import MISS_POLICIES, parse_profiles
+from sana_deploy.runtime.generate import GenerateRequest
+from sana_deploy.runtime.providers import RUNTIME_BACKENDS
+
+_GENERATE_ON_MISS = next(f.default for f in dataclasses.fields(GenerateRequest) if f.name == "on_miss")
 
 
 @main.command()
 @model_option
 @random_weights_option
-@click.option("--engines", "engine_dir", default=None, help="Built engines folder (default: run the PyTorch model).")
+@click.option(
+    "--engines",
+    "engine_dir",
+    default="engines",
+    show_default=True,
+    help="Engine folder; with --backend auto its engines of the model are used, else the PyTorch model runs.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(RUNTIME_BACKENDS),
+    default="auto",
+    show_default=True,
+    help="As in `sana-deploy generate` (auto: engines from --engines when it has the model's, else torch).",
+)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
 @click.option(
     "--miss-policy",
     type=click.Choice(MISS_POLICIES),
-    default="error",
+    default=_GENERATE_ON_MISS,
     show_default=True,
-    help="What a request for a size with no engine does (the runtime's miss policy).",
+    help="What a request for a size with no engine does (the runtime's miss policy, as generate's --on-miss).",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback unless told).")
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--api-key", default=None, help="Bearer token required on requests [env SANA_DEPLOY_API_KEY].")
-@click.option("--sizes", default=None, help="Allowed WxH sizes, comma-separated [the profiles' aspect buckets].")
-@click.option("--profiles", default=None, help="Base resolutions whose aspect buckets are allowed, e.g. 1024,2048.")
+@click.option(
+    "--sizes",
+    default=None,
+    help="Allow-list of WxH sizes, comma-separated [any size generate accepts, binned and resized back].",
+)
+@click.option("--profiles", default=None, help="Allow only these bases' aspect buckets, e.g. 1024,2048.")
 @click.option("--max-n", default=4, show_default=True, type=int, help="Images per request.")
 @click.option("--max-queue", default=32, show_default=True, type=int, help="Requests in flight per replica (429).")
 @click.option("--timeout", "timeout_s", default=300.0, show_default=True, type=float, help="Per-request seconds.")
@@ -38,6 +61,8 @@ def serve(
     model,
     random_weights,
     engine_dir,
+    backend,
+    precision,
     miss_policy,
     host,
     port,
@@ -56,10 +81,9 @@ def serve(
     from sana_deploy.serve.pipeline import load_pipeline
     from sana_deploy.serve.settings import default_settings
 
-    bases = [int(b) for b in profiles.split(",")] if profiles else None
     settings = default_settings(
         model,
-        bases=bases,
+        bases=parse_profiles(profiles) if profiles else None,
         sizes=sizes,
         api_key=api_key,
         max_n=max_n,
@@ -67,19 +91,28 @@ def serve(
         request_timeout_s=timeout_s,
         num_inference_steps=steps,
     )
-    factory = functools.partial(load_pipeline, model, engine_dir, miss_policy, random_weights)
+    factory = functools.partial(
+        load_pipeline,
+        model,
+        engine_dir=engine_dir,
+        miss_policy=miss_policy,
+        random_weights=random_weights,
+        backend=backend,
+        precision=precision,
+    )
     if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         click.secho(f"warning: serving on {host} without an API key", fg="yellow", err=True)
-    click.echo(f"serving {model} on http://{host}:{port}/v1/images/generations ({len(settings.sizes)} sizes)")
+    served = "any size" if settings.sizes is None else f"{len(settings.sizes)} sizes"
+    click.echo(f"serving {model} on http://{host}:{port}/v1/images/generations ({served})")
     if use_ray:
         from sana_deploy.serve.ray_app import serve_ray
 
         serve_ray(factory, settings, host, port, replicas, num_gpus=gpus_per_replica)
         return
-    from sana_deploy.serve.http import serve_http
+    from sana_deploy.serve import http
     from sana_deploy.serve.service import ImageService
 
-    serve_http(ImageService(factory(), settings), host, port)
+    http.serve_http(ImageService(factory(), settings), host, port)
 
 
 @main.command("export-triton")

@@ -49,7 +49,8 @@ def create_app(service: ImageService) -> FastAPI:
             "model": settings.model_name,
             "queue_depth": service.depth,
             "max_queue": settings.max_queue,
-            "sizes": settings.size_names(),
+            "sizes": settings.size_names(),  # None: any size up to max_side (binned, resized back)
+            "max_side": settings.max_side,
             "max_n": settings.max_n,
         }
 

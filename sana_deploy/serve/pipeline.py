@@ -14,12 +14,16 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from PIL import Image
 
+from sana_deploy.runtime.generate import GenerateRequest, build_pipeline
+from sana_deploy.runtime.resolution import plan_size, resize_and_crop
 from sana_deploy.serve.requests import ImageRequest
 
 
@@ -47,14 +51,41 @@ def images_of(result: Any) -> list[Image.Image]:
     return list(images)
 
 
-def generate_batch(pipe: ImagePipeline, requests: Sequence[ImageRequest]) -> list[list[Image.Image]]:
-    """One pipeline call for requests of the same bucket; returns each request's images in order.
+SizeBucket = Callable[[int, int], tuple[int, int]]  # requested (width, height) -> generated (width, height)
 
-    Each image gets its own seeded generator (request seed + index), so an image does not depend on which other
-    requests shared its batch.
+
+def size_bucket(pipe: ImagePipeline) -> SizeBucket:
+    """The size the pipeline generates a request at: its model's aspect-ratio bucket (the runtime's resolution
+    binning, as ``sana-deploy generate`` does), or the requested size for a pipeline without a ``preset``."""
+    preset = getattr(pipe, "preset", None)
+    if preset is None:
+        return lambda width, height: (width, height)
+
+    def bucket(width: int, height: int) -> tuple[int, int]:
+        plan = plan_size(height, width, preset, True)
+        return plan.width, plan.height
+
+    return bucket
+
+
+def batch_key(request: ImageRequest, bucket: SizeBucket) -> tuple:
+    """Requests with the same key share one pipeline call: bucketed size, steps, guidance, negative prompt."""
+    return (bucket(request.width, request.height), *request.bucket[2:])
+
+
+def generate_batch(
+    pipe: ImagePipeline, requests: Sequence[ImageRequest], bucket: SizeBucket | None = None
+) -> list[list[Image.Image]]:
+    """One pipeline call for requests of one batch key (:func:`batch_key`); returns each request's images in order.
+
+    Requests of one requested size run at that size (the pipeline bins it and resizes back, exactly as
+    ``generate``). Requests of several sizes that share a bucket run at the bucket size, and each request's images
+    are resized and centre-cropped back to its own size (the runtime's ``resize_and_crop``, on the 8-bit images).
+    Each image gets its own seeded generator (request seed + index).
     """
+    bucket = bucket or size_bucket(pipe)
     first = requests[0]
-    if any(r.bucket != first.bucket for r in requests):
+    if any(batch_key(r, bucket) != batch_key(first, bucket) for r in requests):
         raise ValueError("generate_batch needs requests of one bucket (size, steps, guidance, negative prompt)")
     prompts, generators = [], []
     for r in requests:
@@ -62,11 +93,13 @@ def generate_batch(pipe: ImagePipeline, requests: Sequence[ImageRequest]) -> lis
         for i in range(r.n):
             prompts.append(r.prompt)
             generators.append(torch.Generator().manual_seed(seed + i))
+    one_size = all((r.width, r.height) == (first.width, first.height) for r in requests)
+    width, height = (first.width, first.height) if one_size else bucket(first.width, first.height)
     result = pipe(
         prompts,
         negative_prompt=first.negative_prompt,
-        height=first.height,
-        width=first.width,
+        height=height,
+        width=width,
         num_inference_steps=first.num_inference_steps,
         guidance_scale=first.guidance_scale,
         generator=generators,
@@ -77,9 +110,17 @@ def generate_batch(pipe: ImagePipeline, requests: Sequence[ImageRequest]) -> lis
         raise RuntimeError(f"the pipeline returned {len(images)} images for {len(prompts)} prompts")
     out, at = [], 0
     for r in requests:
-        out.append(images[at : at + r.n])
+        out.append([_resized(im, r.width, r.height) for im in images[at : at + r.n]])
         at += r.n
     return out
+
+
+def _resized(image: Image.Image, width: int, height: int) -> Image.Image:
+    if image.size == (width, height):
+        return image
+    x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    x = resize_and_crop(x, height, width)[0].clamp(0, 1)
+    return Image.fromarray((x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -110,14 +151,26 @@ class SharedPipeline:
 
 def load_pipeline(
     model: str = "sana-tiny",
-    engine_dir: str | None = None,
-    miss_policy: str = "error",
+    engine_dir: str | Path | None = "engines",
+    miss_policy: str | None = None,
     random_weights: bool = False,
+    backend: str = "auto",
+    precision: str = "fp32",
 ) -> ImagePipeline:
-    """``SanaDeployPipeline`` from built engines (``engine_dir``) or, without one, from the PyTorch model."""
-    from sana_deploy.runtime import SanaDeployPipeline
-
-    if engine_dir:
-        return SanaDeployPipeline.from_engines(engine_dir, model=model, on_miss=miss_policy)
-    kwargs = {"random_weights": True} if random_weights else {}
-    return SanaDeployPipeline.from_model(model, **kwargs)
+    """The pipeline ``sana-deploy generate`` would build for the same options (``build_pipeline``): by default
+    the model's engines in ``engines/`` when it has any (``backend="auto"``), else the PyTorch model; a size no
+    engine covers follows ``miss_policy`` (default: generate's)."""
+    req = GenerateRequest(
+        prompts=[],
+        model=model,
+        random_weights=random_weights,
+        backend=backend,
+        precision=precision,
+        engine_dir=Path(engine_dir or "engines"),
+        progress=False,
+    )
+    if miss_policy is not None:
+        req.on_miss = miss_policy
+    pipe = build_pipeline(req)
+    pipe.set_progress_bar(False)
+    return pipe

@@ -110,13 +110,17 @@ def _size(value: object, settings: ServeSettings) -> tuple[int, int]:
     if value is None or value == "auto":
         return settings.default_size
     allowed = settings.size_names()
-    shown = ", ".join(allowed[:12]) + (f" … ({len(allowed)} in all, see GET /health)" if len(allowed) > 12 else "")
+    if allowed is None:
+        shown = f"any WIDTHxHEIGHT with sides from 1 to {settings.max_side}, e.g. 1024x1024 or 1792x1024"
+    else:
+        more = f" … ({len(allowed)} in all, see GET /health)" if len(allowed) > 12 else ""
+        shown = ", ".join(allowed[:12]) + more
     if not isinstance(value, str):
         raise RequestError(400, f"'size' must be a string like \"1024x1024\"; allowed: {shown}.", "size")
     try:
         w, h = (int(v) for v in value.lower().split("x"))
     except ValueError:
         raise RequestError(400, f"'size' {value!r} is not WIDTHxHEIGHT; allowed: {shown}.", "size") from None
-    if (w, h) not in settings.sizes:
+    if not settings.allows(w, h):
         raise RequestError(400, f"Size {value} is not served here; allowed: {shown}.", "size")
     return w, h

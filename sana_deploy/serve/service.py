@@ -2,7 +2,8 @@
 
 A single worker thread owns the pipeline (engines run one call at a time). Requests wait in a bounded queue
 (full -> 429); the worker takes the oldest request and, for ``batch_wait_s``, lets queued requests of the same
-bucket (size, steps, guidance) join it up to ``max_batch_images``. Each request has a timeout (504); a request that
+batch key (the pipeline's aspect-ratio bucket of the size, steps, guidance, negative prompt) join it up to
+``max_batch_images``. Each request has a timeout (504); a request that
 times out before it starts is dropped, so one slow client cannot pile work up behind the others.
 """
 
@@ -20,7 +21,7 @@ from PIL import Image
 
 from sana_deploy.errors import SanaDeployError, ShapeError
 from sana_deploy.serve.metrics import Metrics
-from sana_deploy.serve.pipeline import ImagePipeline, generate_batch
+from sana_deploy.serve.pipeline import ImagePipeline, batch_key, generate_batch, size_bucket
 from sana_deploy.serve.requests import ImageRequest, RequestError
 from sana_deploy.serve.settings import ServeSettings
 
@@ -37,6 +38,7 @@ class ImageService:
     def __init__(self, pipe: ImagePipeline, settings: ServeSettings, metrics: Metrics | None = None) -> None:
         self.pipe, self.settings = pipe, settings
         self.metrics = metrics or Metrics()
+        self.bucket = size_bucket(pipe)
         self.metrics.queue_depth = lambda: self.depth
         self._queue: deque[_Job] = deque()
         self._cv = threading.Condition()
@@ -100,10 +102,11 @@ class ImageService:
         if self.settings.batch_wait_s > 0:
             time.sleep(self.settings.batch_wait_s)
         batch, images = [first], first.request.n
+        key = batch_key(first.request, self.bucket)
         with self._cv:
             for job in list(self._queue):
                 if (
-                    job.request.bucket == first.request.bucket
+                    batch_key(job.request, self.bucket) == key
                     and images + job.request.n <= self.settings.max_batch_images
                 ):
                     self._queue.remove(job)
@@ -117,7 +120,7 @@ class ImageService:
             if not batch:
                 continue
             try:
-                results = generate_batch(self.pipe, [j.request for j in batch])
+                results = generate_batch(self.pipe, [j.request for j in batch], self.bucket)
             except Exception as exc:  # a failed call must never take the worker down
                 error = _as_request_error(exc)
                 for job in batch:

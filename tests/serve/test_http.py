@@ -9,6 +9,7 @@ import json
 import time
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -141,3 +142,106 @@ def test_metrics_and_health(server):
     health = httpx.get(server.url + "/health").json()
     assert health["sizes"] == ["64x64", "96x64"] and health["max_n"] == 2
     assert json.loads(json.dumps(health))  # plain JSON
+
+
+# --- the real sana-tiny pipeline, built as `sana-deploy serve` builds it -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tmp_path_factory):
+    from sana_deploy.serve.pipeline import load_pipeline
+
+    pipe = load_pipeline("sana-tiny", engine_dir=tmp_path_factory.mktemp("engines"))  # no engines: torch
+    service = ImageService(pipe, default_settings("sana-tiny", num_inference_steps=2, batch_wait_s=0.0))
+    srv = ThreadedServer(create_app(service))
+    yield srv
+    srv.stop()
+    service.close()
+
+
+@pytest.mark.parametrize("size", ["512x512", "1792x1024"])
+def test_openai_client_standard_sizes_on_default_server(tiny_server, size):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=tiny_server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    out = client.images.generate(prompt="a red fox", size=size, response_format="b64_json")
+    image = Image.open(io.BytesIO(base64.b64decode(out.data[0].b64_json)))
+    assert image.format == "PNG" and image.size == tuple(int(v) for v in size.split("x"))
+    assert np.asarray(image).std() > 0
+
+
+def test_default_server_refuses_bad_sizes_clearly(tiny_server):
+    url = tiny_server.url + "/v1/images/generations"
+    for size in ("0x512", "512x99999", "big"):
+        r = httpx.post(url, json={"prompt": "a", "size": size}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "size", r.text
+        assert "WIDTHxHEIGHT" in r.json()["error"]["message"]
+    assert httpx.get(tiny_server.url + "/health").json()["sizes"] is None  # any size
+
+
+# --- `sana-deploy serve` builds its pipeline exactly as `generate` does ---------------------------------------------
+
+
+@pytest.fixture
+def constructors(monkeypatch):
+    """Record SanaDeployPipeline.from_model / from_engines calls; `serve` returns before binding a port."""
+    from sana_deploy.runtime.pipeline import SanaDeployPipeline
+    from sana_deploy.serve import http
+
+    calls = []
+
+    def record(name):
+        def make(cls, *args, **kwargs):
+            calls.append((name, args, kwargs))
+            return FakePipeline()
+
+        return classmethod(make)
+
+    monkeypatch.setattr(SanaDeployPipeline, "from_model", record("from_model"))
+    monkeypatch.setattr(SanaDeployPipeline, "from_engines", record("from_engines"))
+    monkeypatch.setattr(FakePipeline, "set_progress_bar", lambda self, on: None, raising=False)
+    monkeypatch.setattr(http, "serve_http", lambda service, host, port: service.close())
+    return calls
+
+
+def run_serve(*args: str) -> None:
+    from click.testing import CliRunner
+
+    from sana_deploy.cli import main
+
+    result = CliRunner().invoke(main, ["serve", *args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+
+
+def test_serve_random_weights_reach_the_pipeline_with_engines(constructors, tmp_path):
+    run_serve("--engines", str(tmp_path), "--backend", "onnxruntime", "--random-weights")
+    (name, args, kwargs), *_ = constructors
+    assert name == "from_engines" and args[:3] == (tmp_path, "sana-tiny", "onnxruntime")
+    assert kwargs["random_weights"] is True
+    assert kwargs["on_miss"] == "build"  # generate's default miss policy
+
+
+def test_serve_default_is_generates_auto_backend(constructors, tmp_path, monkeypatch):
+    from sana_deploy.runtime.generate import GenerateRequest, build_pipeline
+
+    monkeypatch.chdir(tmp_path)  # `engines/` here has no engines: auto runs the PyTorch model, as generate does
+    run_serve("--random-weights")
+    build_pipeline(GenerateRequest(prompts=["x"], random_weights=True))
+    assert len(constructors) == 2 and constructors[0] == constructors[1]
+    name, _args, kwargs = constructors[0]
+    assert name == "from_model" and kwargs["random_weights"] is True
+
+
+def test_requests_of_one_aspect_bucket_share_a_call_and_get_their_own_sizes():
+    from sana_deploy.models.config import PRESETS
+    from sana_deploy.serve.pipeline import generate_batch
+    from sana_deploy.serve.requests import ImageRequest
+
+    pipe = FakePipeline()
+    pipe.preset = PRESETS["sana-tiny"]  # 512x512 and 1024x1024 both bin to the 1024x1024 bucket
+    reqs = [ImageRequest("a", 1, 512, 512, 2, 4.5, seed=1), ImageRequest("b", 2, 1024, 1024, 2, 4.5, seed=2)]
+    out = generate_batch(pipe, reqs)
+    assert len(pipe.calls) == 1 and (pipe.calls[0]["width"], pipe.calls[0]["height"]) == (1024, 1024)
+    assert [[im.size for im in r] for r in out] == [[(512, 512)], [(1024, 1024)] * 2]
+    with pytest.raises(ValueError, match="one bucket"):
+        generate_batch(pipe, [reqs[0], ImageRequest("c", 1, 1792, 1024, 2, 4.5)])

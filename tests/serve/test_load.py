@@ -20,9 +20,8 @@ from tests.serve.conftest import ThreadedServer
 
 
 @pytest.fixture(scope="module")
-def tiny_pipe():
-    pytest.importorskip("sana_deploy.runtime")
-    return load_pipeline("sana-tiny")
+def tiny_pipe(tmp_path_factory):
+    return load_pipeline("sana-tiny", engine_dir=tmp_path_factory.mktemp("engines"))  # as `serve` builds it
 
 
 def test_shared_pipeline_is_thread_safe(tiny_pipe):

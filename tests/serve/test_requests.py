@@ -51,13 +51,27 @@ def test_bad_requests(raw, status, needle):
     assert info.value.to_json()["error"]["message"] == info.value.message
 
 
-def test_default_sizes_are_the_profile_buckets():
+def test_default_settings_serve_every_size_generate_accepts():
     s = default_settings("sana-tiny")
+    assert s.sizes is None and s.default_size == (1024, 1024)
+    for size in ("256x256", "512x512", "1024x1024", "1536x1024", "1024x1536", "1792x1024", "1024x1792", "1000x700"):
+        r = parse_body(body(prompt="a", size=size), s)
+        assert f"{r.width}x{r.height}" == size
+    for size in ("0x512", "512x-1", "512x20000"):
+        with pytest.raises(RequestError, match="not served here"):
+            parse_body(body(prompt="a", size=size), s)
+
+
+def test_profiles_allow_their_buckets_only():
+    s = default_settings("sana-tiny", bases=[1024])
     assert (1024, 1024) in s.sizes and s.default_size == (1024, 1024)
     assert all(w % 32 == 0 and h % 32 == 0 for w, h in s.sizes)
     assert any(w != h for w, h in s.sizes)  # non-square aspect-ratio buckets are served too
+    with pytest.raises(RequestError, match="not served here"):
+        parse_body(body(prompt="a", size="1000x700"), s)
 
 
-def test_parse_sizes_rejects_non_multiples():
-    with pytest.raises(Exception, match="multiples of 32"):
-        parse_sizes("1000x1000")
+def test_parse_sizes_takes_any_positive_size():
+    assert parse_sizes("1000x700, 512x512") == ((1000, 700), (512, 512))
+    with pytest.raises(Exception, match="positive sides"):
+        parse_sizes("0x1000")
