@@ -3,9 +3,14 @@
 Layout (one model per engine, plus the orchestrating pipeline)::
 
     <repo>/text_encoder/{config.pbtxt, 1/model.onnx | 1/model.plan | 1/model.py}
-    <repo>/transformer[_<profile>]/...     one per profile for TensorRT plans (profile bound per instance group)
+    <repo>/transformer_text/...                  caption K/V once per request (the runtime's split)
+    <repo>/transformer_cached[_<profile>]/...    the per-step graph; one per profile for TensorRT plans
     <repo>/vae[_<profile>]/...
     <repo>/sana_pipeline/{config.pbtxt, warmup/, 1/{model.py, pipeline.json, tokenizer/[, onnx/]}}
+
+The components are the product pipeline's (``sana_deploy.contract.PIPELINE_COMPONENTS``), their ONNX graphs come
+from ``sana_deploy.export.ensure_export`` (the one export path), and ``sana_pipeline`` runs
+``SanaDeployPipeline`` itself over runners that call these models (``sana_deploy.serve.triton.runner``).
 
 ``engine_backend``: ``tensorrt`` (plans from the engine cache, ``platform: tensorrt_plan``), ``onnxruntime``
 (``platform: onnxruntime_onnx``) or ``python`` (the same ONNX graphs run by ONNX Runtime inside Triton's Python
@@ -15,6 +20,7 @@ calls those models) or ``onnxruntime`` (the pipeline runs the ONNX graphs itself
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import struct
@@ -22,6 +28,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from sana_deploy.contract import PIPELINE_COMPONENTS, default_export_root, parse_profiles
 from sana_deploy.errors import SanaDeployError, fail
 from sana_deploy.models.config import VAE_SCALE
 from sana_deploy.serve.triton.io import engine_io
@@ -29,7 +36,8 @@ from sana_deploy.serve.triton.pbtxt import Enum, render, validate
 
 ENGINE_BACKENDS = ("tensorrt", "onnxruntime", "python")
 ENGINE_MODES = ("bls", "onnxruntime")
-COMPONENTS = ("text_encoder", "transformer", "vae")
+COMPONENTS = PIPELINE_COMPONENTS
+PER_PROFILE = ("transformer_cached", "vae")  # inputs depend on the image size: one TensorRT plan per profile
 _PIPELINE_MODEL_PY = "from sana_deploy.serve.triton.pipeline_model import TritonPythonModel  # noqa: F401\n"
 _ORT_MODEL_PY = "from sana_deploy.serve.triton.ort_model import TritonPythonModel  # noqa: F401\n"
 
@@ -56,7 +64,7 @@ def export_triton_repository(
     overwrite: bool = False,
 ) -> list[TritonModel]:
     """Write the repository (to a temporary sibling, validated, then renamed into place)."""
-    from sana_deploy.engines.profiles import Profile, parse_profiles
+    from sana_deploy.engines.profiles import Profile
     from sana_deploy.models.loaders import load_components
 
     if engine_backend not in ENGINE_BACKENDS:
@@ -72,7 +80,7 @@ def export_triton_repository(
     repo.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{repo.name}.", dir=repo.parent))
     try:
-        onnx = _onnx_graphs(components, onnx_dir, tmp) if engine_backend != "tensorrt" or engine_mode != "bls" else {}
+        onnx = _onnx_graphs(components, onnx_dir) if engine_backend != "tensorrt" or engine_mode != "bls" else {}
         models, routes = [], {}
         if engine_mode == "bls":
             writer = _EngineWriter(tmp, components, engine_backend, instance_kind, onnx, Path(engine_dir))
@@ -85,22 +93,16 @@ def export_triton_repository(
         tmp.rename(repo)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        for scratch in repo.parent.glob(".sana-export.*"):
-            shutil.rmtree(scratch, ignore_errors=True)
     return [TritonModel(m.name, repo / m.name, m.platform) for m in models]
 
 
-def _onnx_graphs(components, onnx_dir: str | Path | None, tmp: Path) -> dict[str, Path]:
-    """model.onnx per component: from ``onnx_dir`` (an ``sana-deploy export`` output) or exported now."""
-    from sana_deploy.export import export_dir, export_model
+def _onnx_graphs(components, onnx_dir: str | Path | None) -> dict[str, Path]:
+    """fp32 model.onnx per component, through ``ensure_export`` into ``onnx_dir`` (default: the model's export
+    folder, ``export/<model>``): reused when it holds an export of these weights, exported otherwise."""
+    from sana_deploy.export import ensure_export
 
-    root = Path(onnx_dir) if onnx_dir else Path(tempfile.mkdtemp(prefix=".sana-export.", dir=tmp.parent))
-    missing = [c for c in COMPONENTS if not (export_dir(root, c, "fp32") / "model.onnx").exists()]
-    if missing and onnx_dir:
-        fail(f"{root} has no fp32 ONNX for {missing}; run `sana-deploy export --out {root}` first.")
-    if missing:
-        export_model(components, COMPONENTS, "fp32", root, parity=False)
-    return {c: export_dir(root, c, "fp32") / "model.onnx" for c in COMPONENTS}
+    root = Path(onnx_dir) if onnx_dir else default_export_root(components.model_id)
+    return {c: ensure_export(components, c, "fp32", root, parity=False)[0] for c in COMPONENTS}
 
 
 class _EngineWriter:
@@ -109,25 +111,28 @@ class _EngineWriter:
         self.onnx, self.engine_dir = onnx, engine_dir
 
     def write_all(self, profiles: list) -> tuple[list[TritonModel], dict]:
-        models = [self._write("text_encoder", "text_encoder", profiles[-1], profiles)]
-        routes = {"text_encoder": "text_encoder"}
-        for component in ("transformer", "vae"):
-            if self.backend == "tensorrt":  # one plan per profile
+        """Every component's model(s); ``routes``: component -> [{"name", "latent_h", "latent_w"}] (the model
+        serving each profile's latent range; size-free components have one model and no range)."""
+        models, routes = [], {}
+        for component in COMPONENTS:
+            if self.backend == "tensorrt" and component in PER_PROFILE:  # one plan per profile
+                routes[component] = []
                 for p in profiles:
                     name = f"{component}_{p.name}"
                     models.append(self._write(component, name, p, [p]))
-                    routes[(component, p.name)] = name
-            else:  # one dynamic ONNX graph covers every profile
+                    routes[component].append({"name": name, **_latent_range(p)})
+            else:  # one model covers every profile (dynamic ONNX, or a size-free plan)
                 models.append(self._write(component, component, profiles[-1], profiles))
-                routes.update({(component, p.name): component for p in profiles})
+                routes[component] = [{"name": component}]
         return models, routes
 
     def _write(self, component: str, name: str, profile, profiles: list) -> TritonModel:
         from sana_deploy.export import SPECS
 
         spec = SPECS[component](self.components)
-        inputs, outputs = engine_io(spec, batched=True)
-        max_batch = max(p.axes["batch"].max for p in profiles)
+        batched = batch_leading(spec)
+        inputs, outputs = engine_io(spec, batched=batched)
+        max_batch = max(p.axes["batch"].max for p in profiles) if batched else 0
         version = self.repo / name / "1"
         version.mkdir(parents=True)
         config = {"name": name, "max_batch_size": max_batch, "input": inputs, "output": outputs}
@@ -148,9 +153,9 @@ class _EngineWriter:
             (version / "model.py").write_text(_ORT_MODEL_PY)
             config |= {"backend": "python"}
             config["instance_group"] = [{"kind": Enum("KIND_CPU"), "count": 1}]
-        if component != "text_encoder":  # Triton merges only same-shape requests: batching stays within a size
+        if batched and component != "text_encoder":  # Triton merges same-shape requests only: one size per batch
             config["dynamic_batching"] = {"max_queue_delay_microseconds": 2000}
-        config["model_warmup"] = [_engine_warmup(spec, p) for p in profiles]
+        config["model_warmup"] = [_engine_warmup(spec, p, batched) for p in profiles]
         (self.repo / name / "config.pbtxt").write_text(render(config) + "\n")
         platform = config.get("platform", "python")
         return TritonModel(name, self.repo / name, platform)
@@ -170,16 +175,37 @@ class _EngineWriter:
         return Path(entry.path)
 
 
-def _engine_warmup(spec, profile) -> dict:
+def batch_leading(spec) -> bool:
+    """Whether every tensor of the graph has the batch as its first axis (Triton's implicit batch dimension).
+    The caption K/V ``(layers, 2, batch, text_len, C)`` does not, so the split transformer graphs are served with
+    ``max_batch_size: 0`` and explicit batch dims."""
+    return all(t.shape and t.shape[0] == "batch" for t in (*spec.inputs, *spec.outputs))
+
+
+def _io_names(components, component: str) -> dict:
+    """The graph's input and output names, and the inputs a BLS caller sends as ``(batch, 1)``."""
+    from sana_deploy.export import SPECS
+
+    spec = SPECS[component](components)
+    scalars = [t.name for t in spec.inputs if batch_leading(spec) and len(t.shape) == 1]
+    return {"inputs": [t.name for t in spec.inputs], "outputs": [t.name for t in spec.outputs], "reshape": scalars}
+
+
+def _latent_range(profile) -> dict:
+    return {axis: [profile.axes[axis].min, profile.axes[axis].max] for axis in ("latent_h", "latent_w")}
+
+
+def _engine_warmup(spec, profile, batched: bool = True) -> dict:
     """A zero-filled request at the profile's opt shapes (BLS cannot run while models load, so engines warm up)."""
     from sana_deploy.serve.triton.io import DTYPES
 
     sizes = {axis: t.opt for axis, t in profile.axes.items()}
     inputs = []
     for t in spec.inputs:
-        dims = list(t.resolve(sizes)[1:]) or [1]
+        shape = t.resolve(sizes)
+        dims = (list(shape[1:]) if batched else list(shape)) or [1]
         inputs.append({"key": t.name, "value": {"data_type": Enum(DTYPES[t.dtype]), "dims": dims, "zero_data": True}})
-    return {"name": f"warmup_{profile.name}", "batch_size": sizes["batch"], "inputs": inputs}
+    return {"name": f"warmup_{profile.name}", "batch_size": sizes["batch"] if batched else 1, "inputs": inputs}
 
 
 def _write_pipeline(repo: Path, components, profiles: list, mode: str, routes: dict, onnx: dict, steps: int):
@@ -196,23 +222,14 @@ def _write_pipeline(repo: Path, components, profiles: list, mode: str, routes: d
     meta = {
         "model": components.model_id,
         "engine_mode": mode,
-        "flow_shift": preset.flow_shift,
-        "vae_scaling_factor": preset.vae_scaling_factor,
+        "preset": preset_to_json(preset),
         "sampler": "flow-dpm-solver",
         "default_size": [side, side],
         "num_inference_steps": 20,
         "guidance_scale": 4.5,
-        "models": {"text_encoder": routes.get("text_encoder")},
-        "profiles": [
-            {
-                "name": p.name,
-                "latent_h": [p.axes["latent_h"].min, p.axes["latent_h"].max],
-                "latent_w": [p.axes["latent_w"].min, p.axes["latent_w"].max],
-                "transformer": routes.get(("transformer", p.name)),
-                "vae": routes.get(("vae", p.name)),
-            }
-            for p in profiles
-        ],
+        "components": list(COMPONENTS),
+        "models": routes,  # component -> [{"name", "latent_h"?, "latent_w"?}] (bls)
+        "io": {c: _io_names(components, c) for c in COMPONENTS},
     }
     (version / "pipeline.json").write_text(json.dumps(meta, indent=2))
     scalar = lambda name, dtype, optional=True: {  # noqa: E731
@@ -233,14 +250,45 @@ def _write_pipeline(repo: Path, components, profiles: list, mode: str, routes: d
             scalar("num_inference_steps", "TYPE_INT32"),
             scalar("guidance_scale", "TYPE_FP32"),
             scalar("seed", "TYPE_INT64"),
+            scalar("sampler", "TYPE_STRING"),
+            scalar("resolution_binning", "TYPE_BOOL"),
         ],
-        "output": [{"name": "image", "data_type": Enum("TYPE_UINT8"), "dims": [-1, -1, 3]}],
+        "output": [
+            {"name": "image", "data_type": Enum("TYPE_UINT8"), "dims": [-1, -1, 3]},
+            # the final latents (1, 32, h, w) before the DC-AE; requesting only these skips the decode
+            {"name": "latent", "data_type": Enum("TYPE_FP32"), "dims": [-1, -1, -1, -1]},
+        ],
         "instance_group": [{"kind": Enum("KIND_CPU"), "count": 1}],
         # In BLS mode the engine models warm up instead: BLS requests fail while the server is still loading.
         "model_warmup": _warmup(repo / "sana_pipeline" / "warmup", profiles, steps) if mode != "bls" else None,
     }
     (repo / "sana_pipeline" / "config.pbtxt").write_text(render(config) + "\n")
     return TritonModel("sana_pipeline", repo / "sana_pipeline", "python")
+
+
+def preset_to_json(preset) -> dict:
+    """What ``sana_pipeline`` needs of the model (no weights): the preset, as JSON."""
+    return {
+        "name": preset.name,
+        "transformer": dataclasses.asdict(preset.transformer),
+        "vae": preset.vae,
+        "text_encoder": preset.text_encoder,
+        "flow_shift": preset.flow_shift,
+        "dtype": preset.dtype,
+    }
+
+
+def preset_from_json(data: dict):  # noqa: ANN201 (SanaPreset)
+    from sana_deploy.models.config import SanaPreset, TransformerConfig
+
+    return SanaPreset(
+        name=data["name"],
+        transformer=TransformerConfig(**data["transformer"]),
+        vae=data["vae"],
+        text_encoder=data["text_encoder"],
+        flow_shift=data["flow_shift"],
+        dtype=data["dtype"],
+    )
 
 
 def _warmup(folder: Path, profiles: list, steps: int) -> list[dict]:
