@@ -135,7 +135,11 @@ def serve(
     help="sana_pipeline calls the engine models (bls) or runs the ONNX graphs itself.",
 )
 @click.option("--engines", "engine_dir", default="engines", show_default=True, help="Engine cache (tensorrt).")
-@click.option("--onnx-dir", default=None, help="An `sana-deploy export` folder to reuse (default: export now).")
+@click.option(
+    "--onnx-dir",
+    default=None,
+    help="Export folder: its fp32 exports of these weights are reused, missing ones exported [export/<model>].",
+)
 @click.option("--max-batch", default=1, show_default=True, type=int)
 @click.option("--instance-kind", type=click.Choice(["KIND_GPU", "KIND_CPU"]), default="KIND_GPU", show_default=True)
 @click.option("--overwrite", is_flag=True)
