@@ -1,6 +1,8 @@
-"""The end-to-end pipeline benchmark on the device machine: diffusers eager vs torch + our kernels vs aoti
-(and torch.compile), bf16, 20 steps, Sana 0.6B at 1024² and 1.6B at 1024²/2048²/4096², seeded random
-weights at the real dimensions (speed does not depend on weight values; nothing is downloaded).
+"""Named cases of ``sana_deploy.bench.bench`` (the product pipeline, ``SanaDeployPipeline``, per stage and backend,
+against diffusers eager in the same run): bf16, 20 steps, Sana 0.6B at 1024² and 1.6B at 1024²/2048²/4096² on the
+device machine; seeded random weights at the real dimensions (speed does not depend on weight values; nothing
+is downloaded). A thin wrapper: each case is a set of ``bench()`` arguments, and the results are written as JSON,
+markdown and PNG.
 
 Each case is one command (the device allows 10 minutes per command), writing one result file:
 
@@ -8,7 +10,8 @@ Each case is one command (the device allows 10 minutes per command), writing one
     python benchmarks/bench_pipeline.py --case 1.6b-4k --stages step,loop,e2e
     python benchmarks/collate.py benchmarks/results/*.json
 
-On a CPU-only machine ``--case cpu-0.6b-512`` runs the CPU comparison (eager vs ONNX Runtime, interleaved).
+On a CPU-only machine ``--case cpu-0.6b-512`` runs the CPU comparison (torch vs ONNX Runtime vs diffusers eager,
+interleaved).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from sana_deploy.errors import SanaDeployError
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-# name -> (preset, image size, default backends, precision, extra bench kwargs)
+# name -> (preset, profile (bucket base; the case is one base x base image), backends, precision, extra kwargs)
 CASES: dict[str, tuple[str, int, str, str, dict]] = {
     "0.6b-1024": ("sana-0.6b-1024", 1024, "torch,aoti,torch-compile", "bf16", {}),
     "1.6b-1024": ("sana-1.6b-1024", 1024, "torch,aoti,torch-compile", "bf16", {}),

@@ -1,6 +1,9 @@
-"""Latency benchmarks: every stage of every backend against diffusers' ``SanaPipeline`` in the same run.
+"""Latency benchmarks of the product path: every stage of ``SanaDeployPipeline`` on every backend, against
+diffusers' ``SanaPipeline`` in the same run.
 
 ``bench(model, profiles, backends, ...)`` is the library entry point; ``sana-deploy bench`` maps options onto it.
+One timed run is one request through the pipeline that ``generate`` and ``serve`` run; the stage times are the
+pipeline's own (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -9,14 +12,15 @@ from pathlib import Path
 
 from sana_deploy.bench.backends import BACKENDS, BASELINE, parse_backends
 from sana_deploy.bench.case import STAGES, BenchCase, parse_profiles, parse_stages
-from sana_deploy.bench.harness import BenchSettings, run_bench
+from sana_deploy.bench.harness import RESULT_FORMAT, BenchSettings, run_bench
 from sana_deploy.bench.report import collate, markdown, text_table, write_atomic, write_json
 from sana_deploy.bench.stats import STATISTICS, percentile, summarize
+from sana_deploy.contract import torch_dtype
 
 
 def bench(
     model: str = "sana-tiny",
-    profiles: str | list = "1024",
+    profiles: str | int | list = "1024",
     backends: str = "torch,onnxruntime,aoti",
     steps: int = 20,
     stages: str | None = None,
@@ -31,15 +35,17 @@ def bench(
     seed: int = 0,
     baseline: bool = True,
 ) -> dict:
-    """Run the benchmark and return the result dict (see ``docs/BENCHMARKS.md`` for its fields)."""
-    import torch
+    """Run the benchmark and return the result dict (see ``docs/BENCHMARKS.md`` for its fields).
 
-    from sana_deploy.models.components import torch_dtype
+    ``profiles``: bucket bases (512, 1024, 2048, 4096); each case is one ``base``×``base`` image.
+    """
+    import torch
 
     torch_dtype(precision)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     chosen_stages = parse_stages(stages)
+    bases = parse_profiles(profiles)
     chosen = parse_backends(backends, add_baseline=baseline)
     settings = BenchSettings(warmup=warmup, runs=runs, interleave=interleave)
     if work_dir is not None:
@@ -47,8 +53,7 @@ def bench(
     cases = [
         BenchCase(
             model,
-            h,
-            w,
+            base,
             steps,
             guidance_scale,
             precision,
@@ -57,7 +62,7 @@ def bench(
             text_encoder_layers=text_encoder_layers,
             stages=chosen_stages,
         )
-        for h, w in parse_profiles(profiles)
+        for base in bases
     ]
     return run_bench(cases, chosen, settings)
 
@@ -65,6 +70,7 @@ def bench(
 __all__ = [
     "BACKENDS",
     "BASELINE",
+    "RESULT_FORMAT",
     "STAGES",
     "STATISTICS",
     "BenchCase",

@@ -14,7 +14,12 @@ from sana_deploy.cli import PRECISIONS, main, model_option
 
 @main.command()
 @model_option
-@click.option("--profiles", default="1024", show_default=True, help="Image sizes: 512,1024 or HxW like 768x1344.")
+@click.option(
+    "--profiles",
+    default="1024",
+    show_default=True,
+    help="Bucket bases (512, 1024, 2048, 4096), comma-separated; each case is one base x base image.",
+)
 @click.option(
     "--backends",
     default="torch,onnxruntime,aoti",
@@ -22,10 +27,16 @@ from sana_deploy.cli import PRECISIONS, main, model_option
     help=f"Comma-separated, from {', '.join(BACKENDS)}; options as name[key=value,...]. "
     "diffusers-eager (the baseline) is always added.",
 )
-@click.option("--steps", default=20, show_default=True, type=int, help="Denoising steps of the loop and e2e stages.")
-@click.option("--stages", default="all", show_default=True, help=f"Comma-separated from {', '.join(STAGES)}.")
-@click.option("--warmup", default=3, show_default=True, type=int, help="Untimed runs per stage (incl. the first call).")
-@click.option("--runs", default=10, show_default=True, type=int, help="Timed runs per stage.")
+@click.option("--steps", default=20, show_default=True, type=int, help="Denoising steps of every request.")
+@click.option(
+    "--stages",
+    default="all",
+    show_default=True,
+    help=f"Stage records to report, from {', '.join(STAGES)}; without vae_decode and e2e the requests stop at "
+    "the latents.",
+)
+@click.option("--warmup", default=3, show_default=True, type=int, help="Untimed requests (incl. the first call).")
+@click.option("--runs", default=10, show_default=True, type=int, help="Timed requests per backend.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--guidance-scale", default=4.5, show_default=True, type=float, help="CFG scale (> 1: batch of 2).")
@@ -61,9 +72,11 @@ def bench(
     md_path: Path | None,
     plot_path: Path | None,
 ) -> None:
-    """Latency per stage and backend, with diffusers' SanaPipeline (eager) measured in the same run.
+    """Latency per stage of the product pipeline (what generate and serve run) on each backend, with diffusers'
+    SanaPipeline (eager) measured in the same run.
 
-    Presets run with seeded random weights (speed does not depend on weight values).
+    One timed run is one request; its stage times are the pipeline's own. Presets run with seeded random weights
+    (speed does not depend on weight values).
     """
     from sana_deploy.bench import bench as run
     from sana_deploy.bench.report import markdown, text_table, write_atomic, write_json

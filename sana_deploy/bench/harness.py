@@ -1,6 +1,10 @@
-"""Run every (case, backend, stage): build/compile/first call timed apart, warm-ups excluded, timed runs
-summarised, peak memory per stage, achieved TFLOP/s of the transformer step. Never crashes on one backend:
-a backend that cannot run here is ``skipped`` with its reason, one that fails is ``error`` with the message."""
+"""Run every (case, backend): build/export/compile timed apart, the first call and warm-ups excluded, timed runs
+summarised per stage, peak memory over the timed runs, achieved TFLOP/s of the transformer step.
+
+One timed run is one request through the backend (``SanaDeployPipeline.__call__``, or diffusers' ``SanaPipeline``
+for the baselines); every stage's time comes from that call. Never crashes on one backend: a backend that cannot
+run here is ``skipped`` with its reason, one that fails is ``error`` with the message.
+"""
 
 from __future__ import annotations
 
@@ -15,23 +19,25 @@ from pathlib import Path
 
 import torch
 
-from sana_deploy.bench.backends import BASELINE, Backend, Prepared
-from sana_deploy.bench.case import BenchCase, CaseInputs, make_inputs
+from sana_deploy.bench.backends import BASELINE, Backend, CaseContext, Prepared, RunTimes
+from sana_deploy.bench.case import STAGES, BenchCase
 from sana_deploy.bench.flops import device_peak_tflops, transformer_flops
 from sana_deploy.bench.machine import loadavg, machine_record
 from sana_deploy.bench.stats import summarize
-from sana_deploy.bench.timer import StageTimer
+from sana_deploy.bench.timer import MemoryMeter
+from sana_deploy.contract import COMPONENTS, torch_dtype
 from sana_deploy.errors import fail
-from sana_deploy.models.components import SanaComponents, torch_dtype
+from sana_deploy.models.components import SanaComponents
+from sana_deploy.runtime.loading import cast_components
 
-RESULT_FORMAT = "sana-deploy/bench/1"
+RESULT_FORMAT = "sana-deploy/bench/2"
 
 
 @dataclass
 class BenchSettings:
     warmup: int = 3
     runs: int = 10
-    interleave: bool = False  # time backends round-robin, run by run (same load for all; no per-stage memory)
+    interleave: bool = False  # time backends round-robin, run by run (same load for all; no per-backend memory)
     work_dir: Path = field(default_factory=lambda: default_work_dir())
 
     def __post_init__(self) -> None:
@@ -49,40 +55,28 @@ def _log(msg: str) -> None:
     print(f"[sana-deploy bench] {msg}", file=sys.stderr, flush=True)
 
 
-def needed_components(stages: tuple[str, ...]) -> tuple[str, ...]:
-    s = set(stages)
-    out = []
-    if s & {"text_encode", "e2e"}:
-        out.append("text_encoder")
-    if s & {"step", "loop", "e2e"}:
-        out.append("transformer")
-    if s & {"vae_decode", "e2e"}:
-        out.append("vae")
-    return tuple(out)
-
-
 def load_case_components(case: BenchCase) -> SanaComponents:
-    """Seeded random weights for presets (speed does not depend on weight values), or the given checkpoint."""
+    """Every component, seeded random weights for presets (speed does not depend on weight values) or the given
+    checkpoint, cast to the precision policy of ``case.precision`` on ``case.device``."""
     from sana_deploy.models.config import PRESETS, get_preset
     from sana_deploy.models.loaders import load_components
     from sana_deploy.models.random import random_components
 
-    dtype = torch_dtype(case.precision)
-    names = needed_components(case.stages)
+    torch_dtype(case.precision)
     if case.model.lower() in PRESETS and not Path(case.model).exists():
         preset = get_preset(case.model)
         if case.text_encoder_layers is not None:
             te = {**preset.text_encoder, "num_hidden_layers": case.text_encoder_layers}
             te["vocab_size"] = min(te["vocab_size"], 512)  # the byte tokenizer's ids; lookup cost is size-free
             preset = preset.replace(text_encoder=te)
-        comps = random_components(preset, names, dtype, case.seed)
+        comps = random_components(preset, COMPONENTS, torch.float32, case.seed)
     else:
-        comps = load_components(case.model, names, dtype)
-    for name in ("transformer", "vae", "text_encoder"):
-        module = getattr(comps, name)
-        if module is not None:
-            setattr(comps, name, module.to(case.device))
-    return comps
+        if case.text_encoder_layers is not None:
+            fail("--text-encoder-layers applies to presets (seeded random weights), not to a checkpoint.")
+        comps = load_components(case.model, COMPONENTS)
+    if comps.tokenizer is None:
+        fail(f"{case.model} has no tokenizer; pass a diffusers folder with tokenizer/ or a preset.")
+    return cast_components(comps, case.precision, case.device)
 
 
 def _flops(comps: SanaComponents, case: BenchCase) -> dict[str, float]:
@@ -93,18 +87,20 @@ def _flops(comps: SanaComponents, case: BenchCase) -> dict[str, float]:
     return {"step_full": full, "step_cached": cached, "caption_kv": full - cached}
 
 
-def _stage_flops(stage: str, flops: dict[str, float], prepared: Prepared, steps: int) -> float | None:
-    step = flops["step_full"] if prepared.caption_kv_in_step else flops["step_cached"]
+def _stage_flops(stage: str, flops: dict[str, float], denoiser: str, steps: int) -> float | None:
+    split = denoiser == "split"
+    step = flops["step_cached"] if split else flops["step_full"]
     if stage == "step":
         return step
     if stage == "loop":
-        return steps * step + (0.0 if prepared.caption_kv_in_step else flops["caption_kv"])
+        return steps * step + (flops["caption_kv"] if split else 0.0)
     return None
 
 
 def _entry(case: BenchCase, backend: Backend, status: str, reason: str = "") -> dict:
     return {
         "model": case.model,
+        "profile": case.profile,
         "height": case.height,
         "width": case.width,
         "backend": backend.label,
@@ -116,45 +112,43 @@ def _entry(case: BenchCase, backend: Backend, status: str, reason: str = "") -> 
         "build_s": None,
         "build_cached": None,
         "notes": [],
+        "denoiser": None,  # "split" (caption K/V once per request) or "one-graph", as the timed runs ran
+        "backends": {},  # stage -> "backend/precision" as the timed runs ran
+        "missing_stages": {},  # stage -> why this backend could not time it here
+        "peak_memory_bytes": None,
+        "memory_kind": "",
         "stages": {},
     }
-
-
-def _stage_record(timing, stage: str, prepared: Prepared, flops: dict, case: BenchCase, peak: float | None) -> dict:
-    rec = {"first_call_ms": timing.first_call_ms, "runs": len(timing.times_ms), "times_ms": timing.times_ms}
-    rec.update(summarize(timing.times_ms))
-    rec["images_per_s"] = 1000.0 / rec["median_ms"] if stage == "e2e" else None
-    rec["peak_memory_bytes"] = timing.peak_memory_bytes
-    rec["memory_kind"] = timing.memory_kind
-    f = _stage_flops(stage, flops, prepared, case.steps)
-    rec["flops"] = f
-    rec["tflops"] = f / (rec["median_ms"] / 1000.0) / 1e12 if f else None
-    rec["peak_fraction"] = rec["tflops"] / peak if rec["tflops"] and peak else None
-    return rec
-
-
-def _prepare(backend: Backend, comps, case, inputs, settings, entry) -> Prepared | None:
-    reason = backend.unavailable(case)
-    if reason:
-        entry.update(status="skipped", reason=reason)
-        _log(f"{case.label} {backend.label}: skipped ({reason})")
-        return None
-    _log(f"{case.label} {backend.label}: preparing (build/compile/export, timed apart)")
-    t0 = time.perf_counter()
-    try:
-        prepared = backend.prepare(comps, case, inputs, settings.work_dir)
-    except Exception as exc:  # a backend that fails must not take the others down
-        entry.update(status="error", reason=_reason(exc))
-        _log(f"{case.label} {backend.label}: error while preparing: {entry['reason']}")
-        return None
-    entry.update(build_s=round(time.perf_counter() - t0, 3), build_cached=prepared.build_cached, notes=prepared.notes)
-    return prepared
 
 
 def _reason(exc: BaseException) -> str:
     tb = traceback.extract_tb(exc.__traceback__)
     where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
     return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}{where}"
+
+
+def _prepare(backend: Backend, ctx: CaseContext, entry: dict, progress: Callable[[str], None]) -> Prepared | None:
+    case = ctx.case
+    reason = backend.unavailable(case)
+    if reason:
+        entry.update(status="skipped", reason=reason)
+        progress(f"{case.label} {backend.label}: skipped ({reason})")
+        return None
+    progress(f"{case.label} {backend.label}: preparing (build/compile/export, timed apart)")
+    t0 = time.perf_counter()
+    try:
+        prepared = backend.prepare(ctx)
+    except Exception as exc:  # a backend that fails must not take the others down
+        entry.update(status="error", reason=_reason(exc))
+        progress(f"{case.label} {backend.label}: error while preparing: {entry['reason']}")
+        return None
+    entry.update(
+        build_s=round(time.perf_counter() - t0, 3),
+        build_cached=prepared.build_cached,
+        notes=prepared.notes,
+        missing_stages={s: why for s, why in prepared.missing.items() if s in case.stages},
+    )
+    return prepared
 
 
 def _release(prepared: Prepared | None, device: str) -> None:
@@ -165,6 +159,67 @@ def _release(prepared: Prepared | None, device: str) -> None:
         torch.cuda.empty_cache()
 
 
+@dataclass
+class _Timings:
+    """What one backend's runs gave: the first call, and every timed run."""
+
+    first: RunTimes | None = None
+    runs: list[RunTimes] = field(default_factory=list)
+
+
+def _stage_records(timings: _Timings, case: BenchCase, flops: dict, peak: float | None) -> dict[str, dict]:
+    """Per stage: the first call apart, the statistics over the timed runs, FLOPs and achieved TFLOP/s.
+
+    ``step``: each timed run contributes the median of its own steps (so every stage has one value per run);
+    ``all_steps_ms`` pools every step of every timed run."""
+    out = {}
+    last = timings.runs[-1]
+    for stage in case.stages:
+        if not all(stage in r.stages_ms for r in timings.runs):
+            continue
+        times = [r.stages_ms[stage] for r in timings.runs]
+        first = timings.first.stages_ms.get(stage) if timings.first is not None else None
+        rec = {"first_call_ms": first, "runs": len(times), "times_ms": times}
+        rec.update(summarize(times))
+        if stage == "step":
+            rec["steps_per_run"] = len(last.step_ms)
+            rec["all_steps_ms"] = [t for r in timings.runs for t in r.step_ms]
+        rec["images_per_s"] = 1000.0 / rec["median_ms"] if stage == "e2e" else None
+        f = _stage_flops(stage, flops, last.denoiser, case.steps)
+        rec["flops"] = f
+        rec["tflops"] = f / (rec["median_ms"] / 1000.0) / 1e12 if f else None
+        rec["peak_fraction"] = rec["tflops"] / peak if rec["tflops"] and peak else None
+        out[stage] = rec
+    return out
+
+
+def _finish(entry: dict, timings: _Timings, case: BenchCase, flops: dict, peak: float | None) -> None:
+    if entry["status"] != "ok" or not timings.runs:
+        return
+    last = timings.runs[-1]
+    entry.update(denoiser=last.denoiser, backends=last.backends)
+    entry["stages"] = _stage_records(timings, case, flops, peak)
+
+
+def _call(prepared: Prepared, entry: dict, progress: Callable[[str], None]) -> RunTimes | None:
+    """One request; a failure marks the backend ``error`` (and None) instead of raising."""
+    if entry["status"] != "ok":
+        return None
+    try:
+        return prepared.run()
+    except Exception as exc:
+        entry.update(status="error", reason=_reason(exc))
+        progress(f"{entry['backend']}: error: {entry['reason']}")
+        return None
+
+
+def _warm(prepared: Prepared, entry: dict, warmup: int, timings: _Timings, progress: Callable[[str], None]) -> None:
+    """The first call (kept apart: lazy init, autotuning, compilation) and ``warmup - 1`` more untimed calls."""
+    timings.first = _call(prepared, entry, progress)
+    for _ in range(max(warmup - 1, 0)):
+        _call(prepared, entry, progress)
+
+
 def run_case(
     case: BenchCase,
     backends: list[Backend],
@@ -173,84 +228,78 @@ def run_case(
     progress: Callable[[str], None] = _log,
 ) -> tuple[dict, list[dict]]:
     """All backends of one case; returns the case record and one result entry per backend."""
-    progress(f"{case.label}: loading {', '.join(needed_components(case.stages))} (seeded random weights)")
-    comps = load_case_components(case)
-    inputs: CaseInputs = make_inputs(case, comps.preset.transformer.caption_channels)
-    flops = _flops(comps, case)
+    progress(f"{case.label}: loading the components (seeded random weights for presets)")
+    ctx = CaseContext(case, load_case_components(case), Path(settings.work_dir))
+    flops = _flops(ctx.comps, case)
     peak, peak_source = device_peak_tflops(machine, case.precision)
-    timer = StageTimer(case.device)
-    entries: list[dict] = []
     if settings.interleave:
-        entries = _run_interleaved(case, backends, settings, comps, inputs, flops, peak, timer, progress)
+        entries = _run_interleaved(ctx, backends, settings, flops, peak, progress)
     else:
-        for backend in backends:
-            entry = _entry(case, backend, "ok")
-            entries.append(entry)
-            prepared = _prepare(backend, comps, case, inputs, settings, entry)
-            if prepared is None:
-                continue
-            try:
-                for stage, fn in prepared.stages.items():
-                    progress(f"{case.label} {backend.label}: {stage} ({settings.warmup} warm-up, {settings.runs} runs)")
-                    timing = timer.measure(fn, settings.warmup, settings.runs)
-                    entry["stages"][stage] = _stage_record(timing, stage, prepared, flops, case, peak)
-                    progress(f"    median {entry['stages'][stage]['median_ms']:.2f} ms")
-            except Exception as exc:
-                entry.update(status="error", reason=_reason(exc))
-                progress(f"{case.label} {backend.label}: error: {entry['reason']}")
-            finally:
-                _release(prepared, case.device)
-    record = asdict(case)
-    record.pop("extra")
+        entries = [_run_one(ctx, b, settings, flops, peak, progress) for b in backends]
+    record = case.record()
     record.update(flops=flops, peak_tflops=peak, peak_source=peak_source, cfg_batch=case.transformer_batch)
-    del comps
+    ctx.comps = None
     _release(None, case.device)
     return record, entries
 
 
-def _run_interleaved(case, backends, settings, comps, inputs, flops, peak, timer, progress) -> list[dict]:
-    """Round-robin timing: every timed run visits every backend once, so slow drifts in machine load
-    (shared CPUs) hit all backends alike. Per-stage memory is not separable here and is left out."""
+def _run_one(ctx, backend, settings, flops, peak, progress) -> dict:  # noqa: ANN001
+    case = ctx.case
+    entry = _entry(case, backend, "ok")
+    prepared = _prepare(backend, ctx, entry, progress)
+    if prepared is None:
+        return entry
+    try:
+        timings = _Timings()
+        progress(f"{case.label} {backend.label}: first call + {max(settings.warmup - 1, 0)} warm-up")
+        _warm(prepared, entry, settings.warmup, timings, progress)
+        meter = MemoryMeter(case.device)
+        entry["memory_kind"] = meter.reset()
+        for i in range(settings.runs):
+            t = _call(prepared, entry, progress)
+            if t is None:
+                break
+            timings.runs.append(t)
+            progress(f"{case.label} {backend.label}: run {i + 1}/{settings.runs}: {_brief(t)}")
+        entry["peak_memory_bytes"] = meter.peak()
+        _finish(entry, timings, case, flops, peak)
+    finally:
+        _release(prepared, case.device)
+    return entry
+
+
+def _brief(t: RunTimes) -> str:
+    return ", ".join(f"{s} {t.stages_ms[s]:.1f} ms" for s in STAGES if s in t.stages_ms)
+
+
+def _run_interleaved(ctx, backends, settings, flops, peak, progress) -> list[dict]:  # noqa: ANN001
+    """Round-robin: every timed run visits every backend once, so slow drifts in machine load (shared CPUs) hit all
+    backends alike. The backends share the process, so peak memory is not separable and is left out."""
+    case = ctx.case
     entries, ready = [], []
     for backend in backends:
         entry = _entry(case, backend, "ok")
         entries.append(entry)
-        prepared = _prepare(backend, comps, case, inputs, settings, entry)
+        prepared = _prepare(backend, ctx, entry, progress)
         if prepared is not None:
-            ready.append((backend, entry, prepared))
-    stages = [s for s in case.stages if any(s in p.stages for _, _, p in ready)]
-    for stage in stages:
-        live = [(b, e, p) for b, e, p in ready if stage in p.stages and e["status"] == "ok"]
-        firsts, times = {}, {id(e): [] for _, e, _ in live}
-        for b, e, p in live:
-            progress(f"{case.label} {b.label}: {stage} first call + {settings.warmup} warm-up")
-            firsts[id(e)] = _safe(lambda fn=p.stages[stage]: timer._once(fn), e, progress)
-            for _ in range(max(settings.warmup - 1, 0)):
-                _safe(p.stages[stage], e, progress)
-        for i in range(settings.runs):
-            for _, e, p in live:
-                if e["status"] == "ok":
-                    times[id(e)].append(_safe(lambda fn=p.stages[stage]: timer._once(fn), e, progress))
-            progress(f"{case.label} {stage}: round {i + 1}/{settings.runs} (load {loadavg()})")
-        for _, e, p in live:
-            if e["status"] != "ok":
-                continue
-            from sana_deploy.bench.timer import StageTiming
-
-            timing = StageTiming(firsts[id(e)], times[id(e)], None, "not tracked (interleaved runs)")
-            e["stages"][stage] = _stage_record(timing, stage, p, flops, case, peak)
-    for _, _, p in ready:
-        _release(p, case.device)
-    return entries
-
-
-def _safe(fn, entry: dict, progress) -> float:
+            ready.append((backend, entry, prepared, _Timings()))
     try:
-        return fn()
-    except Exception as exc:
-        entry.update(status="error", reason=_reason(exc))
-        progress(f"{entry['backend']}: error: {entry['reason']}")
-        return float("nan")
+        for backend, entry, prepared, timings in ready:
+            progress(f"{case.label} {backend.label}: first call + {max(settings.warmup - 1, 0)} warm-up")
+            _warm(prepared, entry, settings.warmup, timings, progress)
+            entry["memory_kind"] = "not tracked (interleaved runs)"
+        for i in range(settings.runs):
+            for _, entry, prepared, timings in ready:
+                t = _call(prepared, entry, progress)
+                if t is not None:
+                    timings.runs.append(t)
+            progress(f"{case.label}: round {i + 1}/{settings.runs} (load {loadavg()})")
+        for _, entry, _, timings in ready:
+            _finish(entry, timings, case, flops, peak)
+    finally:
+        for _, _, prepared, _ in ready:
+            _release(prepared, case.device)
+    return entries
 
 
 def add_speedups(results: list[dict]) -> None:
@@ -266,7 +315,7 @@ def add_speedups(results: list[dict]) -> None:
 
 
 def run_bench(cases: list[BenchCase], backends: list[Backend], settings: BenchSettings) -> dict:
-    """The whole benchmark: machine record, every case x backend x stage, speedups vs diffusers eager."""
+    """The whole benchmark: machine record, every case x backend, speed-ups vs diffusers eager."""
     machine = machine_record()
     settings.work_dir = Path(settings.work_dir)
     case_records, results = [], []
@@ -278,4 +327,5 @@ def run_bench(cases: list[BenchCase], backends: list[Backend], settings: BenchSe
     machine["loadavg_end"] = loadavg()
     s = asdict(settings)
     s["work_dir"] = str(settings.work_dir)
+    s["step_statistic"] = "median of each run's steps; all_steps_ms pools every step"
     return {"format": RESULT_FORMAT, "machine": machine, "settings": s, "cases": case_records, "results": results}

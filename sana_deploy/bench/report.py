@@ -80,7 +80,10 @@ def text_table(result: dict) -> str:
     """Human-readable table per case: median per stage with speed-up vs diffusers eager."""
     lines = [f"machine: {machine_line(result['machine'])}"]
     st = result["settings"]
-    lines.append(f"warm-up {st['warmup']} (first call timed apart), {st['runs']} timed runs, median shown")
+    lines.append(
+        f"warm-up {st['warmup']} (first call timed apart), {st['runs']} timed requests, median shown "
+        "(stage times from the pipeline; step = median of each request's steps)"
+    )
     for case, results in _case_groups(result):
         stages = _stages_present(results)
         header = ["backend", "build"] + [STAGE_LABELS[s] for s in stages] + ["step TFLOP/s"]
@@ -104,13 +107,20 @@ def _detail_lines(results: list[dict]) -> list[str]:
     out = []
     for r in results:
         if r["status"] != "ok" and r["stages"]:
-            out.append(f"  {r['backend']}: {r['status']} after some stages: {r['reason']}")
+            out.append(f"  {r['backend']}: {r['status']} after some runs: {r['reason']}")
+        if r["stages"]:
+            ran = ", ".join(f"{k}={v}" for k, v in (r.get("backends") or {}).items())
+            out.append(
+                f"  {r['backend']}: denoiser {r.get('denoiser') or '-'}, peak mem {_mem(r.get('peak_memory_bytes'))}"
+                f" ({r.get('memory_kind') or '-'}); {ran}"
+            )
+        for stage, why in (r.get("missing_stages") or {}).items():
+            out.append(f"  {r['backend']} {stage}: not measured: {why}")
         for stage, s in r["stages"].items():
             ips = f", {s['images_per_s']:.3f} img/s" if s.get("images_per_s") else ""
             out.append(
                 f"  {r['backend']} {stage}: median {_ms(s['median_ms'])} p90 {_ms(s['p90_ms'])} "
-                f"p99 {_ms(s['p99_ms'])} min {_ms(s['min_ms'])} first {_ms(s['first_call_ms'])} "
-                f"peak mem {_mem(s['peak_memory_bytes'])}{ips}"
+                f"p99 {_ms(s['p99_ms'])} min {_ms(s['min_ms'])} first {_ms(s['first_call_ms'])}{ips}"
             )
     return out
 
@@ -119,9 +129,10 @@ def markdown(result: dict) -> str:
     lines = ["# sana-deploy bench", "", f"Machine: {machine_line(result['machine'])}", ""]
     st = result["settings"]
     lines.append(
-        f"{st['warmup']} warm-up runs (first call reported apart), {st['runs']} timed runs"
+        f"{st['warmup']} warm-up requests (first call reported apart), {st['runs']} timed requests per backend"
         + (", backends interleaved run by run" if st.get("interleave") else "")
-        + ". Cells: median (speed-up vs diffusers eager)."
+        + ". Stage times are the pipeline's own, per request; step = median of each request's steps. "
+        + "Cells: median (speed-up vs diffusers eager)."
     )
     for case, results in _case_groups(result):
         stages = _stages_present(results)
@@ -134,17 +145,28 @@ def markdown(result: dict) -> str:
             lines.append("| " + " | ".join(str(c) for c in row) + " |")
         lines += [
             "",
-            "| backend | stage | median | p90 | p99 | min | first call | peak memory | img/s |",
-            "|---" * 9 + "|",
+            "| backend | stage | median | p90 | p99 | min | first call | img/s |",
+            "|---" * 8 + "|",
         ]
         for r in results:
             for stage, s in r["stages"].items():
                 ips = f"{s['images_per_s']:.3f}" if s.get("images_per_s") else "-"
                 lines.append(
                     f"| {r['backend']} | {stage} | {_ms(s['median_ms'])} | {_ms(s['p90_ms'])} | {_ms(s['p99_ms'])} | "
-                    f"{_ms(s['min_ms'])} | {_ms(s['first_call_ms'])} | {_mem(s['peak_memory_bytes'])} | {ips} |"
+                    f"{_ms(s['min_ms'])} | {_ms(s['first_call_ms'])} | {ips} |"
                 )
+        lines += ["", "| backend | denoiser | stages ran on | peak memory over the timed runs |", "|---" * 4 + "|"]
+        for r in results:
+            if r["stages"]:
+                ran = ", ".join(f"{k}: {v}" for k, v in (r.get("backends") or {}).items())
+                mem = f"{_mem(r.get('peak_memory_bytes'))} ({r.get('memory_kind') or '-'})"
+                lines.append(f"| {r['backend']} | {r.get('denoiser') or '-'} | {ran} | {mem} |")
         notes = [f"- {r['backend']}: {'; '.join(r['notes'])}" for r in results if r["notes"]]
+        notes += [
+            f"- {r['backend']}: {stage} not measured: {why}"
+            for r in results
+            for stage, why in (r.get("missing_stages") or {}).items()
+        ]
         if notes:
             lines += [""] + notes
     return "\n".join(lines) + "\n"

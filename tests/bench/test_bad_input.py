@@ -1,4 +1,4 @@
-"""Bad input: unknown backend / stage / option, runs < 1, bad sizes; unavailable backends are skipped."""
+"""Bad input: unknown backend / stage / option, runs < 1, bad profiles; unavailable backends are skipped."""
 
 from __future__ import annotations
 
@@ -23,11 +23,13 @@ def _cli(*args: str):
         (["--stages", "step,teleport"], "Unknown stage"),
         (["--runs", "0"], "--runs must be at least 1"),
         (["--warmup", "-1"], "cannot be negative"),
-        (["--profiles", "1000"], "multiple of 32"),
-        (["--profiles", "big"], "not an image size"),
+        (["--profiles", "1000"], "No profile 1000"),
+        (["--profiles", "big"], "not a number"),
+        (["--profiles", "768x1344"], "not a number"),
         (["--steps", "0"], "--steps must be at least 1"),
         (["--backends", "onnxruntime[turbo=1]"], "unknown option 'turbo=1'"),
         (["--backends", "torch,torch"], "same backend twice"),
+        (["--backends", "torch[split=maybe]"], "split='maybe'"),
     ],
 )
 def test_cli_rejects_bad_input_with_a_message(args, message):
@@ -38,7 +40,8 @@ def test_cli_rejects_bad_input_with_a_message(args, message):
 
 
 def test_parsers():
-    assert parse_profiles("512, 768x1344") == [(512, 512), (768, 1344)]
+    assert parse_profiles("512, 1024,512") == [512, 1024]
+    assert (BenchCase("sana-tiny", 1024).height, BenchCase("sana-tiny", 1024).width) == (1024, 1024)
     assert parse_stages("vae-decode,step") == ("step", "vae_decode")
     backends = parse_backends("torch,onnxruntime[opt=extended,split=0]")
     assert [b.label for b in backends] == ["diffusers-eager", "torch", "onnxruntime[opt=extended,split=0]"]
@@ -50,8 +53,8 @@ def test_parsers():
 
 
 def test_gpu_backends_explain_why_they_cannot_run_on_cpu():
-    case = BenchCase("sana-tiny", 256, 256, steps=2, device="cpu")
+    case = BenchCase("sana-tiny", 512, steps=2, device="cpu")
     for name in ("tensorrt", "tensorrt-rtx"):
         reason = BACKENDS[name]().unavailable(case)
         assert reason and "GPU" in reason
-    assert "fp32" in BACKENDS["onnxruntime"]().unavailable(BenchCase("sana-tiny", 256, 256, precision="bf16"))
+    assert "fp32" in BACKENDS["onnxruntime"]().unavailable(BenchCase("sana-tiny", 512, precision="bf16"))

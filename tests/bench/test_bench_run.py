@@ -1,5 +1,6 @@
-"""A whole bench run on sana-tiny (1 warm-up, 2 runs): every stage x backend x statistic x machine field is
-in the JSON, speed-ups are against diffusers eager, the plot is a PNG, markdown and collate render."""
+"""A whole bench run on sana-tiny (profile 512, 2 steps, 1 warm-up, 2 runs): every stage x backend x statistic x
+machine field is in the JSON, speed-ups are against diffusers eager, how each backend ran (denoiser, stage
+backends) is recorded, the plot is a PNG, markdown and collate render."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from sana_deploy.bench import STAGES, STATISTICS, collate
+from sana_deploy.bench import RESULT_FORMAT, STAGES, STATISTICS, collate
 from sana_deploy.bench.machine import MACHINE_FIELDS
 from sana_deploy.cli import main
 
@@ -27,7 +28,7 @@ def bench_run(tiny_export, tmp_path_factory):
     files = {k: work / f"result.{k}" for k in ("json", "md", "png")}
     r = CliRunner().invoke(
         main,
-        ["bench", "--model", "sana-tiny", "--profiles", "256", "--backends", BACKENDS, "--steps", "2",
+        ["bench", "--model", "sana-tiny", "--profiles", "512", "--backends", BACKENDS, "--steps", "2",
          "--warmup", "1", "--runs", "2", "--work-dir", str(work), "--json", str(files["json"]),
          "--markdown", str(files["md"]), "--plot", str(files["png"])],
     )  # fmt: skip
@@ -37,7 +38,7 @@ def bench_run(tiny_export, tmp_path_factory):
 
 def test_json_has_every_stage_backend_statistic(bench_run):
     _, _, result = bench_run
-    assert result["format"] == "sana-deploy/bench/1"
+    assert result["format"] == RESULT_FORMAT
     by_backend = {r["backend"]: r for r in result["results"]}
     assert set(by_backend) == {*RAN, "tensorrt"}
     for name in RAN:
@@ -45,18 +46,32 @@ def test_json_has_every_stage_backend_statistic(bench_run):
         assert r["status"] == "ok", r["reason"]
         assert set(r["stages"]) == set(STAGES)
         assert r["build_s"] is not None and r["build_s"] >= 0
+        assert r["peak_memory_bytes"] > 0 and r["memory_kind"]
         for stage, s in r["stages"].items():
             assert set(STATISTICS) <= set(s)
             assert s["runs"] == 2 and len(s["times_ms"]) == 2
             assert s["min_ms"] <= s["median_ms"] <= s["p90_ms"] <= s["p99_ms"] <= s["max_ms"]
             assert s["first_call_ms"] > 0
-            assert s["peak_memory_bytes"] > 0
             assert (s["images_per_s"] is not None) == (stage == "e2e")
-        assert r["stages"]["step"]["tflops"] > 0
+        step = r["stages"]["step"]
+        assert step["steps_per_run"] == 2 and len(step["all_steps_ms"]) == 4
+        assert step["tflops"] > 0
+        # the request's parts add up to no more than the request
+        for i in range(2):
+            parts = sum(r["stages"][s]["times_ms"][i] for s in ("text_encode", "loop", "vae_decode"))
+            assert parts <= r["stages"]["e2e"]["times_ms"][i] * 1.001
         assert set(r["speedup_vs_baseline"]) == set(STAGES)
+        assert set(r["backends"]) == {"text_encoder", "transformer", "vae"}
     assert by_backend["diffusers-eager"]["speedup_vs_baseline"]["step"] == pytest.approx(1.0)
-    # the split is off here, so the step graph recomputes the caption K/V and is counted with them
+    assert by_backend["diffusers-eager"]["denoiser"] == "one-graph"
+    assert by_backend["torch"]["denoiser"] == "split"
+    assert by_backend["torch"]["backends"]["transformer"].startswith("torch/fp32")
+    assert by_backend["onnxruntime[split=0]"]["denoiser"] == "one-graph"
+    assert by_backend["onnxruntime[split=0]"]["backends"]["transformer"].startswith("onnxruntime")
+    assert by_backend["onnxruntime[split=0]"]["build_cached"] is True  # the session's export, found by hash
+    # the split computes the caption K/V once per request: its step graph is credited without them
     case = result["cases"][0]
+    assert (case["profile"], case["height"], case["width"]) == (512, 512, 512)
     assert by_backend["torch"]["stages"]["step"]["flops"] == pytest.approx(case["flops"]["step_cached"])
     assert by_backend["onnxruntime[split=0]"]["stages"]["step"]["flops"] == pytest.approx(case["flops"]["step_full"])
 
@@ -83,7 +98,7 @@ def test_outputs_render(bench_run, tmp_path):
     png = files["png"].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     md = files["md"].read_text()
-    assert "| diffusers-eager |" in md and "denoising step" in md
+    assert "| diffusers-eager |" in md and "denoising step" in md and "| torch | split |" in md
     assert "denoising step" in output and "diffusers-eager" in output
     table = collate([files["json"], files["json"]])
     rows = [line for line in table.splitlines() if "| sana-tiny |" in line]

@@ -1,11 +1,14 @@
-"""Benchmark backends by name, and the ``--backends`` parser (``name`` or ``name[key=value,...]``)."""
+"""Benchmark backends by name, and the ``--backends`` parser (``name`` or ``name[key=value,...]``).
+
+``diffusers-eager`` (the baseline) and ``torch-compile`` run diffusers' ``SanaPipeline``; every other backend is a
+factory of the product's ``SanaDeployPipeline`` (what ``generate`` and ``serve`` run).
+"""
 
 from __future__ import annotations
 
-from sana_deploy.bench.backends.aoti import AotiBackend
-from sana_deploy.bench.backends.base import Backend, Prepared
+from sana_deploy.bench.backends.base import Backend, CaseContext, PipelineBackend, Prepared, RunTimes
 from sana_deploy.bench.backends.diffusers_pipe import DiffusersBackend, TorchCompileBackend
-from sana_deploy.bench.backends.engines import EngineBackend, EngineRtxBackend
+from sana_deploy.bench.backends.engines import AotiBackend, EngineBackend, EngineRtxBackend
 from sana_deploy.bench.backends.ort import OrtBackend
 from sana_deploy.bench.backends.torch_model import TorchBackend
 from sana_deploy.errors import fail
@@ -70,4 +73,13 @@ def parse_backends(spec: str | list[str], add_baseline: bool = True) -> list[Bac
     return out
 
 
-__all__ = ["BACKENDS", "BASELINE", "Backend", "Prepared", "parse_backends"]
+__all__ = [
+    "BACKENDS",
+    "BASELINE",
+    "Backend",
+    "CaseContext",
+    "PipelineBackend",
+    "Prepared",
+    "RunTimes",
+    "parse_backends",
+]

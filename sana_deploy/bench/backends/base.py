@@ -1,29 +1,102 @@
-"""What a benchmark backend is: a name, options, a reason it cannot run here, and a ``prepare`` step that
-does the build/compile/export work (timed separately) and returns one callable per stage."""
+"""What a benchmark backend is: a name, options, a reason it cannot run here, and a ``prepare`` step that does the
+build/compile/export work (timed apart) and returns one callable that runs the case's request once.
+
+Every backend but the diffusers baselines is a factory of the product's :class:`SanaDeployPipeline`
+(:class:`PipelineBackend`): one timed run is one ``pipe(...)`` call, and the stage times are the pipeline's own
+(``SanaDeployOutput.seconds`` and ``.step_seconds``). Nothing in the benchmark runs a denoising step itself.
+"""
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 
 import torch
 
-from sana_deploy.bench.case import BenchCase, CaseInputs
-from sana_deploy.bench.pipeline import Runners, decode, denoise, encode_prompt, generate
+from sana_deploy.bench.case import DECODE_STAGES, NEGATIVE_PROMPT, PROMPT, BenchCase
+from sana_deploy.contract import model_dirname
+from sana_deploy.errors import fail
 from sana_deploy.models.components import SanaComponents
+from sana_deploy.runtime.pipeline import SanaDeployOutput, SanaDeployPipeline
+
+_OFF = ("0", "off", "false", "no")
+_ON = ("1", "on", "true", "yes")
+
+
+def flag(options: dict[str, str], key: str, default: bool) -> bool:
+    """A 1/0 (on/off, true/false) backend option."""
+    value = options.get(key)
+    if value is None:
+        return default
+    if value.lower() not in _OFF + _ON:
+        fail(f"Backend option {key}={value!r}: use 1 or 0.")
+    return value.lower() in _ON
+
+
+@dataclass
+class RunTimes:
+    """One timed request: milliseconds per stage, every denoising step's milliseconds, and how it ran."""
+
+    stages_ms: dict[str, float]
+    step_ms: list[float]
+    denoiser: str = ""  # "split", "one-graph"
+    backends: dict[str, str] = field(default_factory=dict)  # stage -> "backend/precision" as it ran
 
 
 @dataclass
 class Prepared:
-    """A backend ready to time: stage name -> zero-argument callable running that stage once."""
+    """A backend ready to time: ``run()`` performs the case's request once and returns its stage times."""
 
-    stages: dict[str, Callable[[], object]]
+    run: Callable[[], RunTimes] | None = None
     notes: list[str] = field(default_factory=list)
-    caption_kv_in_step: bool = True  # whether the timed step graph recomputes the caption K/V (FLOP count)
-    build_cached: bool = False  # the build work was found in the cache (build time is then a load time)
+    build_cached: bool | None = None  # the build work was found in a cache (build time is then a load time)
     release: Callable[[], None] | None = None
+    missing: dict[str, str] = field(default_factory=dict)  # stage -> why this backend cannot time it here
+
+
+@dataclass
+class CaseContext:
+    """What every backend of one case shares: the case, its loaded (seeded) components and the work folder."""
+
+    case: BenchCase
+    comps: SanaComponents
+    work_dir: Path
+    _engine_model: tuple[str, bool] | None = field(default=None, repr=False)
+
+    @property
+    def export_root(self) -> Path:
+        """Where this model's ONNX exports go (keyed by weights hash inside, so reruns reuse them)."""
+        return self.work_dir / "export" / model_dirname(self.comps.model_id).replace(os.sep, "_")
+
+    def engine_model(self) -> tuple[str, bool]:
+        """``(model, random_weights)`` for ``build_engines``/``from_engines``: the same weights as ``comps``.
+
+        A preset at the default seed with its full text encoder is rebuilt identically by name with random
+        weights; otherwise (other seed, ``--text-encoder-layers``) the components are written once as a diffusers
+        folder under the work folder and the engines are built from that.
+        """
+        if self._engine_model is None:
+            from sana_deploy.models.config import PRESETS
+            from sana_deploy.models.loaders import save_diffusers_folder
+            from sana_deploy.models.random import DEFAULT_SEED
+
+            case = self.case
+            is_preset = case.model.lower() in PRESETS and not Path(case.model).exists()
+            if not is_preset:
+                self._engine_model = (case.model, False)
+            elif case.seed == DEFAULT_SEED and case.text_encoder_layers is None:
+                self._engine_model = (case.model, True)
+            else:
+                te = "full" if case.text_encoder_layers is None else case.text_encoder_layers
+                folder = self.work_dir / "models" / f"{case.model}-seed{case.seed}-te{te}"
+                if not (folder / "model_index.json").exists():
+                    save_diffusers_folder(self.comps, folder)
+                self._engine_model = (str(folder), False)
+        return self._engine_model
 
 
 class Backend(ABC):
@@ -35,6 +108,11 @@ class Backend(ABC):
 
     def __init__(self, options: dict[str, str] | None = None) -> None:
         self.options = dict(options or {})
+        self.validate()
+
+    def validate(self) -> None:
+        """Check the option values (called when ``--backends`` is parsed, before anything is built)."""
+        return None
 
     @property
     def label(self) -> str:
@@ -47,32 +125,85 @@ class Backend(ABC):
         return None
 
     @abstractmethod
-    def prepare(self, comps: SanaComponents, case: BenchCase, inputs: CaseInputs, workdir: Path) -> Prepared:
-        """Do the build/compile/export work and return one callable per stage."""
+    def prepare(self, ctx: CaseContext) -> Prepared:
+        """Do the build/compile/export work and return the callable that runs the request once."""
 
 
-def runner_stages(runners: Runners, comps: SanaComponents, case: BenchCase, inputs: CaseInputs) -> dict:
-    """Stage callables of the benchmark's own pipeline over ``runners`` (all inputs already on the device)."""
-    dev = runners.device
-    latent = inputs.latent.to(dev)
-    step_latent, timestep = inputs.step_latent.to(dev), inputs.timestep.to(dev)
-    embeds, mask = inputs.prompt_embeds.to(dev), inputs.attention_mask.to(dev)
-    decode_latent = inputs.decode_latent.to(dev)
-    shift, scaling = comps.preset.flow_shift, comps.preset.vae_scaling_factor
-    cached: dict[str, torch.Tensor | None] = {}
+def pipeline_times(out: SanaDeployOutput) -> RunTimes:
+    """The bench stages of one ``SanaDeployPipeline`` call, from the pipeline's own timings:
 
-    def step() -> torch.Tensor:
-        # The single-step stage times the per-step graph only; the split's caption K/V are per request.
-        if "text" not in cached:
-            kv = runners.text_kv(embeds)
-            cached["text"] = kv if kv is not None else embeds
-        return runners.step(step_latent, timestep, cached["text"], mask)
+    ``text_encode`` = ``seconds["text_encoder"]``, ``step`` = the median of the call's ``step_seconds``,
+    ``loop`` = ``seconds["denoise"]`` (the caption K/V once + every step), ``vae_decode`` = ``seconds["vae"]``,
+    ``e2e`` = ``seconds["total"]`` (only when the call decoded: a latent-only call is not end to end).
+    """
+    s = out.seconds
+    ms = {"text_encode": s["text_encoder"] * 1e3, "loop": s["denoise"] * 1e3}
+    if out.step_seconds:
+        ms["step"] = median(out.step_seconds) * 1e3
+    if "vae" in s:
+        ms["vae_decode"] = s["vae"] * 1e3
+        ms["e2e"] = s["total"] * 1e3
+    return RunTimes(ms, [t * 1e3 for t in out.step_seconds], out.denoiser, dict(out.backends))
 
-    stages = {
-        "text_encode": lambda: encode_prompt(runners, comps.tokenizer, case),
-        "step": step,
-        "loop": lambda: denoise(runners, case, embeds, mask, latent, shift),
-        "vae_decode": lambda: decode(runners, decode_latent, scaling),
-        "e2e": lambda: generate(runners, comps.tokenizer, case, latent, shift, scaling),
-    }
-    return {k: v for k, v in stages.items() if k in case.stages}
+
+def run_pipeline(pipe: SanaDeployPipeline, case: BenchCase, output_type: str | None = None) -> RunTimes:
+    """The case's request, once: fixed prompt, seed, steps and CFG, ``profile``×``profile`` without binning."""
+    out = pipe(
+        PROMPT,
+        negative_prompt=NEGATIVE_PROMPT,
+        height=case.height,
+        width=case.width,
+        num_inference_steps=case.steps,
+        guidance_scale=case.guidance_scale,
+        generator=torch.Generator().manual_seed(case.seed),
+        resolution_binning=False,
+        output_type=output_type or case.output_type,
+    )
+    return pipeline_times(out)
+
+
+class PipelineBackend(Backend):
+    """A backend that is a factory of :class:`SanaDeployPipeline`; option ``split`` (default 1) chooses the
+    caption K/V split (``kv_cache=True``) or the one-graph transformer (``split=0``)."""
+
+    @property
+    def split(self) -> bool:
+        return flag(self.options, "split", True)
+
+    def validate(self) -> None:
+        self.split  # noqa: B018 (raises on a bad value)
+
+    @abstractmethod
+    def make_pipeline(self, ctx: CaseContext) -> tuple[SanaDeployPipeline, Prepared]:
+        """Build (export, compile, ...) and return the pipeline, with the notes and cache state in ``Prepared``
+        (its ``run`` is filled in by :meth:`prepare`)."""
+
+    def prepare(self, ctx: CaseContext) -> Prepared:
+        pipe, prepared = self.make_pipeline(ctx)
+        pipe.sync_timings = True  # CUDA synchronised at stage and step edges: exact per-stage wall times
+        pipe.set_progress_bar(False)
+        output_type = "latent" if any(s in prepared.missing for s in DECODE_STAGES) else None
+        held = {"pipe": pipe}  # released (weights, sessions, engines) by ``release``
+        prepared.run = lambda: run_pipeline(held["pipe"], ctx.case, output_type)
+        prepared.notes.append(f"SanaDeployPipeline, {'caption K/V split' if self.split else 'one-graph transformer'}")
+        previous = prepared.release
+
+        def release() -> None:
+            if previous is not None:
+                previous()
+            held.clear()
+
+        prepared.release = release
+        return prepared
+
+
+__all__ = [
+    "Backend",
+    "CaseContext",
+    "PipelineBackend",
+    "Prepared",
+    "RunTimes",
+    "flag",
+    "pipeline_times",
+    "run_pipeline",
+]

@@ -1,25 +1,51 @@
-"""The two baselines users would otherwise pick: diffusers' ``SanaPipeline`` eager (``diffusers-eager``)
-and the same pipeline with ``torch.compile`` on the transformer and the VAE decoder (``torch-compile``).
+"""The two baselines users would otherwise pick: diffusers' ``SanaPipeline`` eager (``diffusers-eager``) and the
+same pipeline with ``torch.compile`` on the transformer and the VAE decoder (``torch-compile``).
 
-The pipeline is built from the benchmark's modules: diffusers' own ``SanaTransformer2DModel`` with our
-transformer's weights (same parameter names), the same DC-AE, Gemma-2 and tokenizer, and the flow
-DPM-Solver scheduler -- so it does the same work as every other backend.
+The pipeline is built from the case's modules: diffusers' own ``SanaTransformer2DModel`` holding our transformer's
+weights (same parameter names), the same DC-AE, Gemma-2 and tokenizer, and Sana's flow DPM-Solver scheduler -- so
+it does the same work as the product pipeline. One timed run is one ``pipe(...)`` call with the same request
+(prompt, empty negative prompt, seed, steps, CFG, size without binning, the default complex human instruction);
+the stages are timed inside that call, as the product pipeline times its own:
+
+* ``text_encode``: ``pipe.encode_prompt`` (tokenise + Gemma-2, both prompts);
+* ``step``: the median over the call's steps, each from the end of the previous step (``callback_on_step_end``;
+  the first from the end of ``prepare_latents``) to its own end: transformer, CFG, scheduler step;
+* ``loop``: from the end of ``encode_prompt`` to the end of the last step (timesteps, latents, every step);
+* ``vae_decode``: ``pipe.vae.decode``;
+* ``e2e``: the whole call.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import time
+from statistics import median
 
 import torch
 
-from sana_deploy.bench.backends.base import Backend, Prepared
-from sana_deploy.bench.case import BenchCase, CaseInputs
-from sana_deploy.bench.pipeline import flow_scheduler
+from sana_deploy.bench.backends.base import Backend, CaseContext, Prepared, RunTimes
+from sana_deploy.bench.case import NEGATIVE_PROMPT, PROMPT, BenchCase
 from sana_deploy.errors import fail
 from sana_deploy.models.components import SanaComponents
 
 
-def diffusers_transformer(comps: SanaComponents, device: torch.device, dtype: torch.dtype):
+def flow_scheduler(flow_shift: float):  # noqa: ANN201 (diffusers scheduler)
+    """diffusers' multistep DPM-Solver++ configured as Sana's flow DPM-Solver (docs/SANA.md)."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    return DPMSolverMultistepScheduler(
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        solver_type="midpoint",
+        lower_order_final=True,
+        final_sigmas_type="zero",
+        use_flow_sigmas=True,
+        flow_shift=flow_shift,
+        prediction_type="flow_prediction",
+        num_train_timesteps=1000,
+    )
+
+
+def diffusers_transformer(comps: SanaComponents, device: torch.device, dtype: torch.dtype):  # noqa: ANN201
     """diffusers' ``SanaTransformer2DModel`` holding a copy of ``comps.transformer``'s weights."""
     from diffusers import SanaTransformer2DModel
 
@@ -31,16 +57,11 @@ def diffusers_transformer(comps: SanaComponents, device: torch.device, dtype: to
     return model.to(device=device, dtype=dtype).eval()
 
 
-class _Placeholder(torch.nn.Module):
-    """Stands in for a component the case does not need (diffusers' pipeline insists on all of them)."""
-
-
-def build_pipeline(comps: SanaComponents, case: BenchCase):
+def build_pipeline(comps: SanaComponents, case: BenchCase):  # noqa: ANN201 (diffusers SanaPipeline)
     from diffusers import SanaPipeline
 
     device = torch.device(case.device)
-    dtype = comps.transformer.dtype if comps.transformer is not None else torch.float32
-    transformer = diffusers_transformer(comps, device, dtype) if comps.transformer is not None else None
+    transformer = diffusers_transformer(comps, device, next(comps.transformer.parameters()).dtype)
     pipe = SanaPipeline(
         tokenizer=comps.tokenizer,
         text_encoder=comps.text_encoder,
@@ -52,95 +73,114 @@ def build_pipeline(comps: SanaComponents, case: BenchCase):
     return pipe
 
 
+class _StageClock:
+    """Wall-clock marks inside one diffusers call (CUDA synchronised at each mark on a GPU)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: dict[str, float] = {}
+        self.steps: list[float] = []
+
+    def now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def timed(self, fn, start: str, end: str):  # noqa: ANN001, ANN202
+        def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            self.marks[start] = self.now()
+            out = fn(*args, **kwargs)
+            self.marks[end] = self.now()
+            return out
+
+        return wrapper
+
+    def on_step_end(self, pipe, i: int, t, kwargs: dict) -> dict:  # noqa: ANN001
+        self.steps.append(self.now())
+        return {}
+
+
+def _instrument(pipe, device: str) -> _StageClock:  # noqa: ANN001
+    """Time ``encode_prompt``, ``prepare_latents`` and ``vae.decode`` of this pipeline (instance attributes wrap
+    the bound methods; the classes are untouched). The clock is reset per call."""
+    clock = _StageClock(torch.device(device))
+    pipe.encode_prompt = clock.timed(pipe.encode_prompt, "encode_start", "encode_end")
+    pipe.prepare_latents = clock.timed(pipe.prepare_latents, "latents_start", "latents_end")
+    pipe.vae.decode = clock.timed(pipe.vae.decode, "vae_start", "vae_end")
+    return clock
+
+
+def _uninstrument(pipe) -> None:  # noqa: ANN001
+    for obj, name in ((pipe, "encode_prompt"), (pipe, "prepare_latents"), (pipe.vae, "decode")):
+        obj.__dict__.pop(name, None)
+
+
 class DiffusersBackend(Backend):
     name = "diffusers-eager"
     description = "diffusers SanaPipeline, eager"
     compile = False
 
-    def prepare(self, comps: SanaComponents, case: BenchCase, inputs: CaseInputs, workdir: Path) -> Prepared:
-        pipe = build_pipeline(comps, case)
-        notes = ["diffusers SanaPipeline (eager)"]
+    def prepare(self, ctx: CaseContext) -> Prepared:
+        case = ctx.case
+        pipe = build_pipeline(ctx.comps, case)
+        notes = ["diffusers SanaPipeline (eager), stages timed inside its __call__"]
         if self.compile:
             mode = self.options.get("mode", "default")
-            if pipe.transformer is not None:
-                pipe.transformer = torch.compile(pipe.transformer, mode=mode, dynamic=False)
-            if pipe.vae is not None:
-                pipe.vae.decoder = torch.compile(pipe.vae.decoder, mode=mode, dynamic=False)
+            pipe.transformer = torch.compile(pipe.transformer, mode=mode, dynamic=False)
+            pipe.vae.decoder = torch.compile(pipe.vae.decoder, mode=mode, dynamic=False)
             notes = [f"torch.compile(mode={mode}) on transformer and VAE decoder; compile time is in first call"]
-        return Prepared(_stages(pipe, comps, case, inputs), notes, release=lambda: _free(pipe))
+        clock = _instrument(pipe, case.device)
+        dtype = "/".join(sorted({str(p.dtype).removeprefix("torch.") for p in pipe.transformer.parameters()}))
+        engine = "torch.compile" if self.compile else "diffusers"
+        labels = {
+            "text_encoder": f"transformers/{str(ctx.comps.text_encoder.dtype).removeprefix('torch.')}",
+            "transformer": f"{engine}/{dtype}",
+            "vae": f"{engine}/{str(ctx.comps.vae.dtype).removeprefix('torch.')}",
+        }
+
+        @torch.inference_mode()
+        def run() -> RunTimes:
+            clock.marks.clear()
+            clock.steps.clear()
+            start = clock.now()
+            pipe(
+                PROMPT,
+                negative_prompt=NEGATIVE_PROMPT,
+                height=case.height,
+                width=case.width,
+                num_inference_steps=case.steps,
+                guidance_scale=case.guidance_scale,
+                generator=torch.Generator().manual_seed(case.seed),
+                use_resolution_binning=False,
+                output_type=case.output_type,
+                callback_on_step_end=clock.on_step_end,
+                callback_on_step_end_tensor_inputs=[],
+            )
+            end = clock.now()
+            return _times(clock, start, end, case, labels)
+
+        def release() -> None:
+            _uninstrument(pipe)
+            pipe.transformer = None
+
+        return Prepared(run, notes, build_cached=None, release=release)
 
 
-def _free(pipe) -> None:
-    pipe.transformer = None
-
-
-def _stages(pipe, comps: SanaComponents, case: BenchCase, inputs: CaseInputs) -> dict:
-    from sana_deploy.bench.case import NEGATIVE_PROMPT, PROMPT
-
-    dev = torch.device(case.device)
-    step_latent, timestep = inputs.step_latent.to(dev), inputs.timestep.to(dev)
-    embeds, mask = inputs.prompt_embeds.to(dev), inputs.attention_mask.to(dev)
-    latent, decode_latent = inputs.latent.to(dev), inputs.decode_latent.to(dev)
-    tdtype = pipe.transformer.dtype if pipe.transformer is not None else torch.float32
-    common = dict(
-        height=case.height,
-        width=case.width,
-        num_inference_steps=case.steps,
-        guidance_scale=case.guidance_scale,
-        use_resolution_binning=False,
-        max_sequence_length=case.text_len,
-        complex_human_instruction=None,
-    )
-    n = 1 if case.cfg else 0
-
-    @torch.inference_mode()
-    def text_encode():
-        return pipe.encode_prompt(
-            PROMPT,
-            do_classifier_free_guidance=case.cfg,
-            negative_prompt=NEGATIVE_PROMPT,
-            device=dev,
-            max_sequence_length=case.text_len,
-            complex_human_instruction=None,
-        )
-
-    @torch.inference_mode()
-    def step():
-        return pipe.transformer(
-            step_latent.to(tdtype),
-            encoder_hidden_states=embeds.to(tdtype),
-            encoder_attention_mask=mask,
-            timestep=timestep,
-            return_dict=False,
-        )[0]
-
-    @torch.inference_mode()
-    def loop():
-        return pipe(
-            prompt_embeds=embeds[n:].to(tdtype),
-            prompt_attention_mask=mask[n:],
-            negative_prompt_embeds=embeds[:n].to(tdtype) if n else None,
-            negative_prompt_attention_mask=mask[:n] if n else None,
-            negative_prompt=None,
-            latents=latent.to(tdtype),
-            output_type="latent",
-            **common,
-        ).images
-
-    @torch.inference_mode()
-    def vae_decode():
-        scaled = decode_latent / comps.preset.vae_scaling_factor
-        image = pipe.vae.decode(scaled.to(pipe.vae.dtype), return_dict=False)[0]
-        return pipe.image_processor.postprocess(image, output_type="np")
-
-    @torch.inference_mode()
-    def e2e():
-        return pipe(
-            PROMPT, negative_prompt=NEGATIVE_PROMPT, latents=latent.to(tdtype), output_type="np", **common
-        ).images
-
-    stages = {"text_encode": text_encode, "step": step, "loop": loop, "vae_decode": vae_decode, "e2e": e2e}
-    return {k: v for k, v in stages.items() if k in case.stages}
+def _times(clock: _StageClock, start: float, end: float, case: BenchCase, labels: dict) -> RunTimes:
+    m = clock.marks
+    edges = [m["latents_end"], *clock.steps]
+    steps = [(b - a) * 1e3 for a, b in zip(edges, edges[1:], strict=False)]
+    ms = {
+        "text_encode": (m["encode_end"] - m["encode_start"]) * 1e3,
+        "step": median(steps),
+        "loop": (clock.steps[-1] - m["encode_end"]) * 1e3,
+    }
+    used = {k: v for k, v in labels.items() if k != "vae"}
+    if case.decodes:
+        ms["vae_decode"] = (m["vae_end"] - m["vae_start"]) * 1e3
+        ms["e2e"] = (end - start) * 1e3
+        used["vae"] = labels["vae"]
+    return RunTimes(ms, steps, "one-graph", used)
 
 
 class TorchCompileBackend(DiffusersBackend):
