@@ -94,8 +94,8 @@ def export(
     no_parity: bool,
 ) -> None:
     """Export Sana components to ONNX (dynamic batch/resolution/text length) and check parity."""
+    from sana_deploy.contract import parse_components
     from sana_deploy.export import export_model
-    from sana_deploy.models.components import parse_components
     from sana_deploy.models.loaders import load_components
 
     names = parse_components(components)

@@ -7,20 +7,30 @@ get one engine for all profiles that share a batch range.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sana_deploy.contract import (
+    default_export_root,
+    export_dir,
+    module_of,
+    parse_components,
+    parse_profiles,
+    pipeline_components,
+    torch_dtype,
+)
 from sana_deploy.engines.backends import Backend, BuildJob, BuildOptions, get_backend, not_runnable_note
 from sana_deploy.engines.cache import EngineCache, sha256_file
-from sana_deploy.engines.entry import CacheKey, EngineEntry, model_dirname
+from sana_deploy.engines.entry import CacheKey, EngineEntry
 from sana_deploy.engines.loaders import EngineFromOnnx, SaveEngine
-from sana_deploy.engines.profiles import Profile, check_max_batch, parse_profiles
+from sana_deploy.engines.profiles import Profile, check_max_batch
 from sana_deploy.errors import fail
-from sana_deploy.models.components import COMPONENTS, module_of, parse_components, torch_dtype
+from sana_deploy.export import ensure_export, load_manifest
+from sana_deploy.models.components import SanaComponents
+from sana_deploy.models.loaders import load_components
 
 
 @dataclass
@@ -30,29 +40,15 @@ class Export:
     manifest: dict
 
 
-def default_export_root(model: str) -> Path:
-    return Path("export") / model_dirname(str(model))
-
-
-def ensure_exported(
-    model: str,
-    components: tuple[str, ...],
-    precision: str,
-    export_root: Path,
-    load: Callable,
-    say: Callable[[str], None],
+def exports_for(
+    components: SanaComponents, names: tuple[str, ...], precision: str, root: Path, say: Callable[[str], None]
 ) -> dict[str, Export]:
-    """The export of each component, exporting (with the parity check) the ones whose manifest is missing."""
-    from sana_deploy.export import export_component, export_dir
-
+    """The export of each component, through :func:`~sana_deploy.export.ensure_export` (parity-checked)."""
     out = {}
-    for comp in components:
-        folder = export_dir(export_root, comp, precision)
-        if not (folder / "manifest.json").exists() or not (folder / "model.onnx").exists():
-            say(f"exporting {comp} ({precision}) to {folder}")
-            export_component(load(), comp, precision, export_root, parity=True)
-        manifest = json.loads((folder / "manifest.json").read_text())
-        out[comp] = Export(comp, folder / "model.onnx", manifest)
+    for comp in names:
+        say(f"export {comp} ({precision}) in {export_dir(root, comp, precision)}")
+        path, _cached = ensure_export(components, comp, precision, root, parity=True)
+        out[comp] = Export(comp, path, load_manifest(path))
     return out
 
 
@@ -159,20 +155,24 @@ def build_engines(
     max_batch: int = 1,
     static: bool = False,
     engine_dir: str | Path = "engines",
-    components: Iterable[str] | str = COMPONENTS,
+    components: Iterable[str] | str | None = None,
     export_root: str | Path | None = None,
     options: BuildOptions | None = None,
     preset: str | None = None,
     random_weights: bool = False,
     progress: bool = True,
     say: Callable[[str], None] | None = None,
+    kv_cache: bool = True,
 ) -> list[EngineEntry]:
-    """Build (or find) one engine per component and profile. Returns the entries, ``.hit`` set on cache hits."""
+    """Build (or find) one engine per component and profile. Returns the entries, ``.hit`` set on cache hits.
+
+    ``components`` None: what the pipeline runs, the caption K/V split (``kv_cache``) or the one-graph transformer.
+    """
     say = say or (lambda m: print(f"[sana-deploy build] {m}", file=sys.stderr, flush=True))
     torch_dtype(precision)
     bases = parse_profiles(profiles if isinstance(profiles, str) else list(profiles))
     max_batch = check_max_batch(max_batch)
-    names = parse_components(components if isinstance(components, str) else tuple(components))
+    names = pipeline_components(kv_cache) if components is None else parse_components(components)
     chosen, why = get_backend(backend)
     options = options or BuildOptions()
     device = chosen.target_device(options)  # validates targets before anything is exported
@@ -182,18 +182,14 @@ def build_engines(
     model = str(model)
     loaded: dict = {}
 
-    def load():  # noqa: ANN202 (SanaComponents), loaded once and only if needed
+    def load() -> SanaComponents:  # loaded once
         if "c" not in loaded:
-            from sana_deploy.models.loaders import load_components
-
             modules = tuple(dict.fromkeys(module_of(c) for c in names))
             loaded["c"] = load_components(model, modules, preset=preset, random_weights=random_weights)
         return loaded["c"]
 
     root = Path(export_root) if export_root is not None else default_export_root(model)
-    exports = ensure_exported(model, names, precision, root, load, say)
-    if chosen.name == "aoti":
-        _check_weights(exports, load)
+    exports = exports_for(load(), names, precision, root, say)
     cache = EngineCache(engine_dir)
     tasks = [(exports[c], Profile.from_base(b, max_batch, static)) for c in names for b in bases]
     entries: list[EngineEntry] = []
@@ -208,17 +204,6 @@ def build_engines(
         bar.update(1)
     bar.close()
     return entries
-
-
-def _check_weights(exports: dict[str, Export], load: Callable) -> None:
-    """aoti traces the PyTorch modules: they must be the weights the export (and so the key) was made from."""
-    components = load()
-    for comp, export in exports.items():
-        if components.content_hash(comp) != export.manifest.get("weights_sha256"):
-            fail(
-                f"The loaded {comp} weights differ from the ones {export.onnx_path} was exported from; re-export "
-                f"(`sana-deploy export`) so the cache key describes what aoti compiles."
-            )
 
 
 class _NoBar:
@@ -239,4 +224,4 @@ def _progress_bar(total: int, enabled: bool):  # noqa: ANN202
     return tqdm(total=total, unit="engine", file=sys.stderr, dynamic_ncols=True)
 
 
-__all__ = ["build_engines", "build_one", "cache_key", "ensure_exported", "sha256_file"]
+__all__ = ["build_engines", "build_one", "cache_key", "exports_for", "sha256_file"]

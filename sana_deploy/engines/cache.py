@@ -26,7 +26,9 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from sana_deploy.engines.entry import META_FILE, META_FORMAT, CacheKey, EngineEntry, model_dirname, read_meta
+from sana_deploy.contract import SIZE_FREE_COMPONENTS, model_dirname, parse_components
+from sana_deploy.engines.entry import META_FILE, META_FORMAT, CacheKey, EngineEntry, read_meta
+from sana_deploy.engines.profiles import Profile
 from sana_deploy.errors import SanaDeployError, fail
 from sana_deploy.fileio import write_atomic
 
@@ -218,8 +220,6 @@ class EngineCache:
         Preference: the given backend/precision; else backend rank (tensorrt, tensorrt-rtx, aoti, onnxruntime),
         then the profile whose opt shape is closest, then the newest.
         """
-        from sana_deploy.models.components import parse_components
-
         component = parse_components(component)[0]
         data = self._read_manifest()
         if data is None:
@@ -234,34 +234,17 @@ class EngineCache:
                 continue
             if (backend and s["backend"] != backend) or (precision and s["precision"] != precision):
                 continue
-            from sana_deploy.engines.profiles import Profile
-
             profile = Profile.from_json(s["profile"])
             if not profile.covers(height, width, batch, component):
                 continue
             rank = BACKEND_RANK.index(s["backend"]) if s["backend"] in BACKEND_RANK else len(BACKEND_RANK)
-            fit = 0.0 if component == "text_encoder" else profile.fit(height, width)
+            fit = 0.0 if component in SIZE_FREE_COMPONENTS else profile.fit(height, width)
             candidates.append((rank, fit, -time.mktime(time.strptime(s["created"], "%Y-%m-%dT%H:%M:%SZ")), key, s))
         for *_, s in sorted(candidates, key=lambda c: c[:4]):
             entry = EngineEntry(self.root / s["dir"], read_meta(self.root / s["dir"]) or {})
             if entry.meta and not self.problems(entry, device=True):
                 return entry
         return None
-
-    def resolve(
-        self,
-        model_id: str,
-        component: str,
-        height: int,
-        width: int,
-        batch: int,
-        policy: str = "build",
-        **build_kwargs,
-    ) -> EngineEntry | None:
-        """:meth:`find`, and on a miss apply ``policy`` (see :mod:`sana_deploy.engines.resolve`)."""
-        from sana_deploy.engines.resolve import resolve
-
-        return resolve(self, model_id, component, height, width, batch, policy, **build_kwargs)
 
     # --- writes --------------------------------------------------------------------------------------------
     def staging_dir(self, model: str, component: str, key: str) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,11 +11,6 @@ from sana_deploy.engines.profiles import Profile
 
 META_FORMAT = "sana-deploy/engine/1"
 META_FILE = "meta.json"
-
-
-def model_dirname(model: str) -> str:
-    """Folder name for a model id (a preset name, or the last part of a path)."""
-    return Path(model).name if (os.sep in model or "/" in model) else model
 
 
 @dataclass(frozen=True)

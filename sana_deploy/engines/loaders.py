@@ -15,8 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sana_deploy.engines.backends.base import Backend, BuildJob, BuildOutput
+from sana_deploy.engines.backends.onnxruntime import choose_providers
 from sana_deploy.engines.cache import EngineCache
 from sana_deploy.engines.entry import EngineEntry, read_meta
+from sana_deploy.errors import fail
+from sana_deploy.runners import AotiRunner, OrtOptions, OrtRunner, Runner, TrtRunner
+from sana_deploy.runners.base import shapes_from_meta
 
 
 def _value(v):  # noqa: ANN001, ANN202
@@ -86,9 +90,7 @@ class EngineFromPath(BaseLoader):
     def __init__(self, entry: EngineEntry | str | Path, cache: EngineCache | None = None) -> None:
         self.entry, self.cache = entry, cache
 
-    def call_impl(self):  # noqa: ANN201 (a Runner)
-        from sana_deploy.engines.runners import runner_for
-
+    def call_impl(self) -> Runner:
         entry = _value(self.entry)
         if not isinstance(entry, EngineEntry):
             folder = Path(entry)
@@ -107,10 +109,69 @@ def save_engine(engine, cache: EngineCache, meta: dict) -> EngineEntry:  # noqa:
     return SaveEngine(engine, cache, meta)()
 
 
-def engine_from_path(entry: EngineEntry | str | Path, cache: EngineCache | None = None):  # noqa: ANN201
+def engine_from_path(entry: EngineEntry | str | Path, cache: EngineCache | None = None) -> Runner:
     return EngineFromPath(entry, cache)()
 
 
-def load_runner(entry: EngineEntry | str | Path):  # noqa: ANN201
-    """A callable ``runner(**inputs) -> {output: tensor}`` for a verified cache entry (contract with runtime)."""
+def load_runner(entry: EngineEntry | str | Path) -> Runner:
+    """The :class:`~sana_deploy.runners.Runner` for a verified cache entry."""
     return engine_from_path(entry)
+
+
+def _ort_providers(entry: EngineEntry) -> list:
+    """The providers the entry was built for that this ONNX Runtime has; the TensorRT EP gets the profile's
+    shapes (min/opt/max) and keeps its engines next to the entry."""
+    import onnxruntime as ort
+
+    shapes = entry.meta["input_shapes"]
+    names = [p for p in entry.meta["info"].get("providers", []) if p in ort.get_available_providers()]
+
+    def fmt(i: int) -> str:
+        return ",".join(f"{n}:{'x'.join(map(str, s[i]))}" for n, s in shapes.items())
+
+    out: list = []
+    for p in names or choose_providers():
+        if p == "TensorrtExecutionProvider":
+            trt_options = {
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(entry.path / "ort_trt_cache"),
+                "trt_profile_min_shapes": fmt(0),
+                "trt_profile_opt_shapes": fmt(1),
+                "trt_profile_max_shapes": fmt(2),
+            }
+            out.append((p, trt_options))
+        else:
+            out.append(p)
+    return out
+
+
+def runner_for(entry: EngineEntry) -> Runner:
+    """The runner of a (verified) entry's backend, checking inputs against the entry's profile."""
+    meta, info = entry.meta, entry.meta.get("info", {})
+    names = ([t["name"] for t in meta["inputs"]], [t["name"] for t in meta["outputs"]])
+    shapes = shapes_from_meta(meta)
+    if entry.backend == "onnxruntime":  # optimised at build time: no re-optimisation at start
+        opts = OrtOptions(opt="disable")
+        return OrtRunner(entry.artifact, entry.component, entry.precision, opts, shapes, _ort_providers(entry))
+    if entry.backend == "aoti":
+        return AotiRunner(entry.artifact, entry.component, *names, entry.precision, info.get("device", "cpu"), shapes)
+    if entry.backend in ("tensorrt", "tensorrt-rtx"):
+        import importlib
+
+        trt = importlib.import_module("tensorrt" if entry.backend == "tensorrt" else "tensorrt_rtx")
+        refit = (
+            (meta["onnx_path"], bool(info.get("plugin_nodes", False))) if meta["flags"].get("strip_weights") else None
+        )
+        return TrtRunner(
+            entry.artifact,
+            trt,
+            entry.component,
+            *names,
+            entry.precision,
+            shapes,
+            entry.backend,
+            tuple(info.get("plugin_libraries", [])),
+            bool(info.get("qdp_plugins")),
+            refit,
+        )
+    fail(f"No runner for backend {entry.backend!r}.")

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import cache
 
+from sana_deploy.contract import PROFILE_BASES, SIZE_FREE_COMPONENTS, bucket_sizes, check_base
 from sana_deploy.errors import ShapeError, fail
 from sana_deploy.models.config import TEXT_MAX_LENGTH, VAE_SCALE
 
-PROFILE_BASES = (512, 1024, 2048, 4096)
 # Gemma-2 sees the complex human instruction + 298 prompt tokens (reference sana-model.md, CHI): ~550 tokens with
 # Gemma's tokenizer, ~1360 with sana-tiny's byte tokenizer. 2048 covers both.
 TEXT_ENCODER_MAX_SEQ = 2048
@@ -49,44 +48,6 @@ def _listify(v: int | tuple[int, ...]) -> int | list[int]:
     return list(v) if isinstance(v, tuple) else v
 
 
-@cache
-def aspect_ratio_buckets(base: int) -> tuple[tuple[int, int], ...]:
-    """(height, width) in pixels of every aspect-ratio bucket Sana's pipeline bins to at ``base``."""
-    from diffusers.pipelines.pixart_alpha.pipeline_pixart_alpha import ASPECT_RATIO_512_BIN, ASPECT_RATIO_1024_BIN
-    from diffusers.pipelines.pixart_alpha.pipeline_pixart_sigma import ASPECT_RATIO_2048_BIN
-    from diffusers.pipelines.sana.pipeline_sana import ASPECT_RATIO_4096_BIN
-
-    table = {512: ASPECT_RATIO_512_BIN, 1024: ASPECT_RATIO_1024_BIN, 2048: ASPECT_RATIO_2048_BIN}
-    table[4096] = ASPECT_RATIO_4096_BIN
-    check_base(base)
-    return tuple(sorted({(int(h), int(w)) for h, w in table[base].values()}))
-
-
-def check_base(base: object) -> int:
-    """``base`` as an int if it names a profile; a clear error listing the valid ones otherwise."""
-    valid = ", ".join(map(str, PROFILE_BASES))
-    try:
-        value = int(str(base).strip())
-    except ValueError:
-        fail(f"Profile {base!r} is not a number; valid profiles are {valid} (base resolution in pixels).", ShapeError)
-    if value not in PROFILE_BASES:
-        fail(
-            f"No profile {value}; valid profiles are {valid} (Sana's base resolutions, each covering its "
-            f"aspect-ratio buckets). For one exact shape use --static with the closest base.",
-            ShapeError,
-        )
-    return value
-
-
-def parse_profiles(spec: str | int | list | tuple) -> list[int]:
-    """``"1024,2048,4096"`` -> ``[1024, 2048, 4096]`` (order kept, duplicates dropped)."""
-    items = spec.split(",") if isinstance(spec, str) else [spec] if isinstance(spec, int) else list(spec)
-    items = [i for i in items if str(i).strip()]
-    if not items:
-        fail(f"No profiles given; pass e.g. --profiles 1024,2048 (valid: {PROFILE_BASES}).", ShapeError)
-    return list(dict.fromkeys(check_base(i) for i in items))
-
-
 def check_max_batch(max_batch: object) -> int:
     if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1 or max_batch > 32:
         fail(
@@ -111,7 +72,7 @@ class Profile:
         batch = 2 * max_batch
         if static:
             return cls.exact(base, base, batch, name=f"{base}-static")
-        buckets = aspect_ratio_buckets(base)
+        buckets = bucket_sizes(base)
         hs = [h // VAE_SCALE for h, _ in buckets]
         ws = [w // VAE_SCALE for _, w in buckets]
         side = base // VAE_SCALE
@@ -149,11 +110,11 @@ class Profile:
     def covers(self, height: int, width: int, batch: int, component: str = "transformer") -> bool:
         """Whether an engine built for this profile runs an image of ``height``×``width`` pixels at ``batch``.
 
-        The text encoder is not resolution-bound: only the batch counts for it.
+        The text encoder and the caption K/V graph are not resolution-bound: only the batch counts for them.
         """
         if not self.axes["batch"].contains(batch):
             return False
-        if component == "text_encoder":
+        if component in SIZE_FREE_COMPONENTS:
             return True
         if height % VAE_SCALE or width % VAE_SCALE:
             return False
@@ -210,6 +171,8 @@ class Profile:
         if component == "text_encoder":
             s = self.axes["seq"]
             return f"seq {s.min}-{s.max}, {batch}"
+        if component in SIZE_FREE_COMPONENTS:
+            return f"any size, {batch}"
         h, w = self.axes["latent_h"], self.axes["latent_w"]
         px = lambda t: f"{t.min * VAE_SCALE}" if t.min == t.max else f"{t.min * VAE_SCALE}-{t.max * VAE_SCALE}"  # noqa: E731
         return f"{px(h)} x {px(w)} px, {batch}"

@@ -18,19 +18,13 @@ import os
 import subprocess
 import sys
 import time
-from enum import Enum
 from pathlib import Path
 
+from sana_deploy.contract import MissPolicy
 from sana_deploy.engines.cache import pid_alive
 from sana_deploy.engines.entry import EngineEntry
 from sana_deploy.engines.profiles import profile_for_request
 from sana_deploy.errors import ShapeError, fail
-
-
-class MissPolicy(str, Enum):
-    BUILD = "build"
-    BACKGROUND = "background"
-    ERROR = "error"
 
 
 def _build_request(model_id: str, component: str, height: int, width: int, batch: int, build_kwargs: dict) -> dict:
@@ -61,21 +55,14 @@ def resolve(
     width: int,
     batch: int,
     policy: str | MissPolicy = "build",
+    find_backend: str | None = None,
     **build_kwargs,
 ) -> EngineEntry | None:
-    try:
-        policy = MissPolicy(policy)
-    except ValueError:
-        fail(f"Unknown miss policy {policy!r}; choose build, background or error.")
-    backend = build_kwargs.get("backend")
+    """The entry covering the request (of ``find_backend``, or any that runs here when None), else the miss policy:
+    a build with ``build_kwargs`` (``backend`` among them) now, in the background (None), or an error."""
+    policy = MissPolicy.parse(policy)
     entry = cache.find(
-        model_id,
-        component,
-        height,
-        width,
-        batch,
-        backend=None if backend in (None, "auto") else backend,
-        precision=build_kwargs.get("precision"),
+        model_id, component, height, width, batch, backend=find_backend, precision=build_kwargs.get("precision")
     )
     if entry is not None:
         return entry

@@ -23,11 +23,12 @@ from pathlib import Path
 import onnx
 import torch
 
+from sana_deploy.contract import component_dtype, default_export_root, export_dir, parse_components, torch_dtype
 from sana_deploy.errors import ExportError, SanaDeployError, fail
 from sana_deploy.export.onnx_functions import DOMAIN, FUNCTION_VERSION, PLUGIN_ATTRS, attach_functions, register_schemas
 from sana_deploy.export.parity import ParityResult, check_parity
 from sana_deploy.export.specs import SPECS, ExportSpec
-from sana_deploy.models.components import SanaComponents, module_of, parse_components, torch_dtype
+from sana_deploy.models.components import SanaComponents
 from sana_deploy.plugins.registry import use_kernels
 from sana_deploy.versions import package_versions
 
@@ -45,18 +46,6 @@ class ExportResult:
     manifest: dict
     parity: list[ParityResult]
     seconds: float
-
-
-def component_dtype(component: str, precision: str) -> torch.dtype:
-    """Precision policy: the transformer takes ``precision``; the DC-AE and Gemma-2 are never run in fp16
-    (the Sana docs: they "must stay in bfloat16 or float32"), so fp16 exports keep them in fp32."""
-    if module_of(component) != "transformer" and precision == "fp16":
-        return torch.float32
-    return torch_dtype(precision)
-
-
-def export_dir(out: Path, component: str, precision: str) -> Path:
-    return Path(out) / precision / component
 
 
 _T0 = time.perf_counter()
@@ -265,32 +254,31 @@ def export_model(
     """Export several components of one model (default: all that are loaded)."""
     torch_dtype(precision)  # validates the name
     names = parse_components(component_names)
-    out = Path(out) if out is not None else default_export_root(components)
+    out = Path(out) if out is not None else default_export_root(components.model_id)
     return [export_component(components, c, precision, out, parity) for c in names]
 
 
-def ensure_export(components: SanaComponents, component: str, precision: str, root: Path) -> tuple[Path, bool]:
-    """``root/<precision>/<component>/model.onnx`` of these weights and whether it was already there.
+def ensure_export(
+    components: SanaComponents, component: str, precision: str, root: str | Path, parity: bool = True
+) -> tuple[Path, bool]:
+    """The one way anything gets an export: ``root/<precision>/<component>/model.onnx`` of exactly these weights,
+    and whether it was already there.
 
-    Exported (without the parity check) when missing or of other weights; a file lock makes concurrent callers
-    export once.
+    Exported (parity-checked unless ``parity=False``) when the folder holds no export, or one of other weights
+    (manifest ``weights_sha256``); a file lock makes concurrent processes export once.
     """
     from filelock import FileLock
 
+    root = Path(root)
     folder = export_dir(root, component, precision)
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / f".{component}-{precision}.lock")):
         manifest = folder / "manifest.json"
-        if manifest.exists():
+        if manifest.exists() and (folder / MODEL_FILE).exists():
             data = json.loads(manifest.read_text())
             if data.get("weights_sha256") == components.content_hash(component):
-                return folder / "model.onnx", True
-        return export_component(components, component, precision, root, parity=False).path, False
-
-
-def default_export_root(components: SanaComponents) -> Path:
-    name = Path(components.model_id).name if os.sep in components.model_id else components.model_id
-    return Path("export") / name
+                return folder / MODEL_FILE, True
+        return export_component(components, component, precision, root, parity=parity).path, False
 
 
 def load_manifest(onnx_path: Path) -> dict:

@@ -12,6 +12,7 @@ import torch
 from sana_deploy.export.specs import ExportSpec
 from sana_deploy.models.components import SanaComponents
 from sana_deploy.plugins.registry import use_kernels
+from sana_deploy.runners.onnxruntime import OrtOptions, ort_session
 
 
 @dataclass
@@ -45,13 +46,9 @@ class ParityResult:
         }
 
 
-def ort_session(path: Path | str, threads: int | None = None):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+def cpu_session(path: Path | str, threads: int | None = None):  # noqa: ANN201 (onnxruntime.InferenceSession)
+    """The graph in ONNX Runtime's CPU provider, all optimisations on (what the parity check runs)."""
+    return ort_session(path, OrtOptions(threads=threads, providers=("CPUExecutionProvider",)))
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
@@ -71,7 +68,7 @@ def check_parity(
     """Run the exported graph in ONNX Runtime and ``module`` (the reference) in PyTorch on the parity sizes."""
     tol = spec.tolerance[precision]
     try:
-        session = ort_session(onnx_path)
+        session = cpu_session(onnx_path)
     except Exception as exc:  # e.g. bf16 graphs: ONNX Runtime's CPU provider has no bf16 kernels
         reason = f"ONNX Runtime cannot load this graph on CPU: {str(exc).splitlines()[0][:160]}"
         if progress:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sana_deploy.models.components import COMPONENTS, SanaComponents
+from sana_deploy.contract import COMPONENTS
+from sana_deploy.models.components import SanaComponents
 from sana_deploy.models.config import SanaPreset, get_preset
 from sana_deploy.models.tokenizer import VOCAB_SIZE, byte_tokenizer
 from sana_deploy.models.transformer import SanaTransformer

@@ -8,9 +8,12 @@ from pathlib import Path
 
 import torch
 
+from sana_deploy.contract import model_dirname
+from sana_deploy.engines import EngineCache
 from sana_deploy.errors import fail
 from sana_deploy.runtime.images import save_png
 from sana_deploy.runtime.pipeline import SanaDeployPipeline
+from sana_deploy.runtime.providers import engine_cache_has
 from sana_deploy.runtime.solvers import DEFAULT_STEPS
 from sana_deploy.runtime.tiling import TilingConfig
 
@@ -42,12 +45,10 @@ class GenerateRequest:
 
 def build_pipeline(req: GenerateRequest) -> SanaDeployPipeline:
     """torch / our ONNX Runtime sessions, or engines; ``auto`` takes engines when the folder has the model's."""
-    from sana_deploy.runtime.providers import engine_cache_has
-
     tiling = TilingConfig(enabled=req.vae_tiling, tile=req.vae_tile, overlap=min(256, req.vae_tile // 4))
     backend = req.backend
     if backend == "auto":
-        backend = "engines" if engine_cache_has(req.engine_dir, Path(str(req.model)).name) else "torch"
+        backend = "engines" if engine_cache_has(EngineCache(req.engine_dir), model_dirname(str(req.model))) else "torch"
     if backend == "torch":
         return SanaDeployPipeline.from_model(
             req.model, "torch", req.precision, random_weights=req.random_weights, preset=req.preset, tiling=tiling

@@ -1,4 +1,8 @@
-"""Building the pipeline's stage providers: torch modules, our ONNX Runtime sessions, or engines from a cache."""
+"""Building the pipeline's stage providers: torch modules, ONNX Runtime over plain exports, or engines.
+
+Every backend gives the pipeline the same thing, a :class:`StageProvider` of :class:`~sana_deploy.runners.Runner`
+objects; the denoiser (caption K/V split or one-graph transformer) is chosen by the provider, once, for all.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +11,46 @@ from pathlib import Path
 
 import torch
 
+from sana_deploy.contract import (
+    ALL_COMPONENTS,
+    COMPONENTS,
+    component_dtype,
+    component_precision,
+    default_export_root,
+    module_of,
+    pipeline_components,
+    torch_dtype,
+)
+from sana_deploy.engines import EngineCache, get_backend
 from sana_deploy.errors import fail
-from sana_deploy.models.components import COMPONENTS, SanaComponents, torch_dtype
+from sana_deploy.export import SPECS, ensure_export
+from sana_deploy.models.components import SanaComponents
+from sana_deploy.models.config import PRESETS, TINY_PRESETS, SanaPreset, get_preset
+from sana_deploy.models.loaders import load_components, load_diffusers_folder, load_tokenizer
+from sana_deploy.models.tokenizer import byte_tokenizer
+from sana_deploy.runners import OrtOptions, OrtRunner, Runner, TorchRunner
 from sana_deploy.runtime.providers import RUNTIME_BACKENDS, EngineStages, FixedStages, require_runnable
-from sana_deploy.runtime.stages import Stage, torch_stage
 
 FIXED_BACKENDS = ("torch", "onnxruntime")
 
 
-def component_dtype(component: str, precision: str) -> torch.dtype:
-    """The transformer runs in ``precision``; DC-AE and Gemma-2 never in fp16 (reference §2, §3): fp32 then."""
-    if component != "transformer" and precision == "fp16":
-        return torch.float32
-    return torch_dtype(precision)
+def default_kernels() -> str:
+    """The ``sana::`` op implementation eager torch runs: Triton on a CUDA GPU with triton installed, else the
+    PyTorch reference."""
+    if torch.cuda.is_available():
+        try:
+            import triton  # noqa: F401
+
+            return "triton"
+        except ImportError:
+            pass
+    return "reference"
 
 
 def load_model(
     model: str | Path, precision: str, random_weights: bool, preset: str | None, device: str = "cpu"
 ) -> SanaComponents:
-    """All components in fp32 on ``device``; :func:`cast_components` applies the precision policy per stage."""
-    from sana_deploy.models.loaders import load_components
-
+    """All components on ``device``, each in its stage's dtype (the precision policy, :mod:`sana_deploy.contract`)."""
     torch_dtype(precision)  # validates the name
     comps = load_components(model, COMPONENTS, preset=preset, random_weights=random_weights)
     if comps.tokenizer is None:
@@ -45,19 +68,17 @@ def cast_components(comps: SanaComponents, precision: str, device: str = "cpu") 
     return comps
 
 
-def load_fixed_stages(
-    model: str | Path,
-    backend: str,
-    precision: str,
-    export_dir: str | Path | None,
-    random_weights: bool,
-    preset: str | None,
-    device: str = "cpu",
-) -> tuple[FixedStages, SanaComponents]:
-    """torch stages, or ONNX Runtime sessions over ``export_dir/<precision>/<component>/model.onnx``."""
-    check_fixed_backend(backend)
-    comps = load_model(model, precision, random_weights, preset, device)
-    return fixed_stages(comps, backend, precision, export_dir, own_modules=True), comps
+def torch_runner(comps: SanaComponents, component: str, precision: str, kernels: str | None = None) -> TorchRunner:
+    """Eager torch over the export spec's wrapper of the loaded module (the graph that is exported)."""
+    spec = SPECS[component](comps)
+    return TorchRunner(
+        spec.wrap(comps),
+        component,
+        [t.name for t in spec.inputs],
+        [t.name for t in spec.outputs],
+        component_precision(component, precision),
+        kernels or default_kernels(),
+    )
 
 
 def fixed_stages(
@@ -67,28 +88,33 @@ def fixed_stages(
     export_dir: str | Path | None = None,
     *,
     own_modules: bool = False,
+    kv_cache: bool = True,
+    ort_options: OrtOptions | None = None,
+    kernels: str | None = None,
 ) -> FixedStages:
-    """Stages over already loaded (and cast) components.
+    """Runners over already loaded (and cast) components: eager torch, or ONNX Runtime over their exports.
 
-    ``own_modules``: the caller hands the modules over (``from_model``). With onnxruntime the transformer and text
-    encoder modules are then dropped once exported, before the sessions load their own copy of the weights, so
-    the process does not hold every weight twice (at real size Gemma-2 alone is 10 GB in fp32).
+    torch offers every component (the split and the one-graph transformer alike). onnxruntime exports what the
+    pipeline runs (``kv_cache``: the split; else the one-graph transformer) into ``export_dir`` on first use, and
+    with ``own_modules`` (the caller hands the modules over, as ``from_model`` does) drops the transformer and text
+    encoder once exported, before the sessions load their own copy of the weights, so the process does not hold
+    every weight twice (at real size Gemma-2 alone is 10 GB in fp32).
     """
+    check_fixed_backend(backend)
     if backend == "torch":
-        stages = {c: torch_stage(comps, c, precision) for c in COMPONENTS}
-        return FixedStages(stages, vae_module=comps.vae)
-    from sana_deploy.export import ensure_export
-    from sana_deploy.export.exporter import default_export_root
-    from sana_deploy.runtime.ort import ort_stage
-
-    root = Path(export_dir) if export_dir is not None else default_export_root(comps)
-    paths = {c: ensure_export(comps, c, precision, root)[0] for c in COMPONENTS}
+        runners = {c: (lambda c=c: torch_runner(comps, c, precision, kernels)) for c in ALL_COMPONENTS}
+        return FixedStages(runners, vae_module=comps.vae, kv_cache=kv_cache)
+    root = Path(export_dir) if export_dir is not None else default_export_root(comps.model_id)
+    names = pipeline_components(kv_cache)
+    paths = {c: ensure_export(comps, c, precision, root, parity=False)[0] for c in names}
     if own_modules:
         comps.transformer = comps.text_encoder = None
         gc.collect()
-    stages: dict[str, Stage] = {c: ort_stage(paths[c], c, precision) for c in COMPONENTS}
+    runners: dict[str, Runner] = {
+        c: OrtRunner(paths[c], c, component_precision(c, precision), ort_options) for c in names
+    }
     # the exact tiled decode (large images) runs the torch DC-AE (small next to the others: kept)
-    return FixedStages(stages, vae_module=comps.vae)
+    return FixedStages(runners, vae_module=comps.vae, kv_cache=kv_cache)
 
 
 def check_fixed_backend(backend: str) -> None:
@@ -96,12 +122,8 @@ def check_fixed_backend(backend: str) -> None:
         fail(f"from_model runs backend torch or onnxruntime, got {backend!r}; engines come from from_engines().")
 
 
-def _tokenizer_and_preset(model: str | Path, random_weights: bool):  # noqa: ANN202
-    """What the pipeline needs besides the engines: the tokenizer and the preset (no weights loaded)."""
-    from sana_deploy.models.config import PRESETS, TINY_PRESETS, get_preset
-    from sana_deploy.models.loaders import load_diffusers_folder
-    from sana_deploy.models.tokenizer import byte_tokenizer
-
+def tokenizer_and_preset(model: str | Path, random_weights: bool) -> tuple[object, SanaPreset, str]:
+    """What the pipeline needs besides the engines: the tokenizer, the preset and the model id (no weights)."""
     key = str(model)
     if key.lower() in PRESETS and not Path(key).exists():
         p = get_preset(key)
@@ -115,11 +137,7 @@ def _tokenizer_and_preset(model: str | Path, random_weights: bool):  # noqa: ANN
     if not path.is_dir():
         fail(f"--model {model!r} must be a preset or the diffusers folder the engines were built from.")
     comps = load_diffusers_folder(path, components=())
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
-    tokenizer.padding_side = "right"
-    return tokenizer, comps.preset, comps.model_id
+    return load_tokenizer(path), comps.preset, comps.model_id
 
 
 def engine_provider(
@@ -132,25 +150,45 @@ def engine_provider(
     random_weights: bool,
     device: str = "cpu",
     build_kwargs: dict | None = None,
-):  # noqa: ANN201
+    kv_cache: bool = True,
+) -> tuple[EngineStages, object, SanaPreset, str]:
     """An :class:`EngineStages` over ``engine_dir``; misses follow ``on_miss``, the fallback is made on first use."""
-    from sana_deploy.engines import EngineCache, get_backend
-
     if backend not in RUNTIME_BACKENDS or backend == "torch":
         fail(f"Engine backend must be one of auto, onnxruntime, aoti, tensorrt, tensorrt-rtx; got {backend!r}.")
-    if backend != "auto":
-        get_backend(backend)  # installed? (clear error otherwise)
-    require_runnable(backend)
+    chosen, _why = get_backend(backend)  # installed? (clear error otherwise); auto: one whose engines run here
+    require_runnable(chosen.name)
     if fallback not in FIXED_BACKENDS:
         fail(f"Fallback backend must be torch or onnxruntime, got {fallback!r}.")
-    tokenizer, preset, model_id = _tokenizer_and_preset(model, random_weights)
+    tokenizer, preset, model_id = tokenizer_and_preset(model, random_weights)
     fb_precision = precision or "fp32"
 
     def make_fallback() -> FixedStages:
-        return load_fixed_stages(model, fallback, fb_precision, None, random_weights, None, device)[0]
+        comps = load_model(model, fb_precision, random_weights, None, device)
+        return fixed_stages(comps, fallback, fb_precision, own_modules=True, kv_cache=kv_cache)
 
     build_kwargs = dict(build_kwargs or {})
-    if random_weights:
-        build_kwargs["random_weights"] = True
-    provider = EngineStages(EngineCache(engine_dir), model_id, on_miss, backend, precision, make_fallback, build_kwargs)
+    build_kwargs["random_weights"] = random_weights or build_kwargs.get("random_weights", False)
+    provider = EngineStages(
+        EngineCache(engine_dir),
+        model_id,
+        on_miss,
+        backend,
+        precision,
+        make_fallback,
+        build_kwargs,
+        kv_cache,
+        build_backend=chosen.name,
+    )
     return provider, tokenizer, preset, model_id
+
+
+__all__ = [
+    "FIXED_BACKENDS",
+    "cast_components",
+    "engine_provider",
+    "fixed_stages",
+    "load_model",
+    "module_of",
+    "tokenizer_and_preset",
+    "torch_runner",
+]

@@ -25,7 +25,15 @@ import torch
 from sana_deploy.errors import SanaDeployError, fail
 from sana_deploy.models.components import SanaComponents
 from sana_deploy.models.config import LATENT_CHANNELS, SanaPreset
+from sana_deploy.runners import OrtOptions
 from sana_deploy.runtime.images import postprocess
+from sana_deploy.runtime.loading import (
+    cast_components,
+    check_fixed_backend,
+    engine_provider,
+    fixed_stages,
+    load_model,
+)
 from sana_deploy.runtime.providers import StageProvider
 from sana_deploy.runtime.resolution import plan_size, resize_and_crop
 from sana_deploy.runtime.solvers import make_solver
@@ -44,9 +52,11 @@ class SanaDeployOutput:
     images: list | np.ndarray | torch.Tensor
     height: int
     width: int
-    seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
-    backends: dict[str, str] = field(default_factory=dict)  # stage -> "backend/precision"
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage, and "total"
+    backends: dict[str, str] = field(default_factory=dict)  # stage -> "backend/precision" as it ran
     tiled_decode: str = "off"  # "off", "exact" or "latent-tiles"
+    step_seconds: list[float] = field(default_factory=list)  # wall time of each denoising step
+    denoiser: str = ""  # "split" (caption K/V once per request) or "one-graph"
 
 
 def _prompt_list(prompt: str | Sequence[str], what: str) -> list[str]:
@@ -93,6 +103,7 @@ class SanaDeployPipeline:
         self.tiling = tiling or TilingConfig()
         self.complex_human_instruction = complex_human_instruction
         self.progress_bar = False
+        self.sync_timings = False  # synchronise CUDA at stage and step edges so the timings are exact (bench)
 
     # --- construction ---------------------------------------------------------------------------------------
     @classmethod
@@ -105,13 +116,26 @@ class SanaDeployPipeline:
         random_weights: bool = False,
         preset: str | None = None,
         device: str = "cpu",
+        kv_cache: bool = True,
+        ort_options: OrtOptions | None = None,
+        kernels: str | None = None,
         **kwargs,
     ) -> SanaDeployPipeline:
-        """Eager torch (``backend="torch"``) or our ONNX Runtime sessions over the ONNX exports
-        (``backend="onnxruntime"``; exported into ``export_dir`` on first use)."""
-        from sana_deploy.runtime.loading import load_fixed_stages
-
-        provider, comps = load_fixed_stages(model, backend, precision, export_dir, random_weights, preset, device)
+        """Eager torch (``backend="torch"``) or ONNX Runtime over the ONNX exports (``backend="onnxruntime"``;
+        exported into ``export_dir`` on first use). ``kv_cache``: the caption K/V once per request (the split) or
+        the one-graph transformer. ``kernels``: torch's ``sana::`` op implementation (default: Triton on a GPU)."""
+        check_fixed_backend(backend)
+        comps = load_model(model, precision, random_weights, preset, device)
+        provider = fixed_stages(
+            comps,
+            backend,
+            precision,
+            export_dir,
+            own_modules=True,
+            kv_cache=kv_cache,
+            ort_options=ort_options,
+            kernels=kernels,
+        )
         return cls(provider, comps.tokenizer, comps.preset, comps.model_id, device=device, **kwargs)
 
     @classmethod
@@ -122,14 +146,17 @@ class SanaDeployPipeline:
         precision: str = "fp32",
         export_dir: str | Path | None = None,
         device: str = "cpu",
+        kv_cache: bool = True,
+        ort_options: OrtOptions | None = None,
+        kernels: str | None = None,
         **kwargs,
     ) -> SanaDeployPipeline:
         """Over already loaded components (cast in place to the precision policy of ``precision``)."""
-        from sana_deploy.runtime.loading import cast_components, check_fixed_backend, fixed_stages
-
         check_fixed_backend(backend)
         comps = cast_components(components, precision, device)
-        provider = fixed_stages(comps, backend, precision, export_dir)
+        provider = fixed_stages(
+            comps, backend, precision, export_dir, kv_cache=kv_cache, ort_options=ort_options, kernels=kernels
+        )
         return cls(provider, comps.tokenizer, comps.preset, comps.model_id, device=device, **kwargs)
 
     @classmethod
@@ -144,15 +171,15 @@ class SanaDeployPipeline:
         random_weights: bool = False,
         device: str = "cpu",
         build_kwargs: dict | None = None,
+        kv_cache: bool = True,
         **kwargs,
     ) -> SanaDeployPipeline:
         """Engines from ``engine_dir`` (``sana-deploy build``); a request no engine covers follows ``on_miss``
         (``build``, ``background`` -- serve from ``fallback`` meanwhile -- or ``error``). ``build_kwargs`` go to
-        ``build_engines`` on a miss (e.g. ``export_root``, ``static``)."""
-        from sana_deploy.runtime.loading import engine_provider
-
+        ``build_engines`` on a miss (e.g. ``export_root``, ``static``). ``kv_cache``: run (and build on a miss) the
+        caption K/V split, or the one-graph transformer."""
         provider, tokenizer, preset_, model_id = engine_provider(
-            engine_dir, model, backend, precision, on_miss, fallback, random_weights, device, build_kwargs
+            engine_dir, model, backend, precision, on_miss, fallback, random_weights, device, build_kwargs, kv_cache
         )
         return cls(provider, tokenizer, preset_, model_id, device=device, **kwargs)
 
@@ -194,52 +221,92 @@ class SanaDeployPipeline:
         batch = len(prompts) * n
         seconds: dict[str, float] = {}
         backends: dict[str, str] = {}
+        call_start = self._clock()
 
         # 1. text: each distinct text encoded once per request
-        start = time.perf_counter()
-        te = self.provider.stage("text_encoder", plan.height, plan.width, len(prompts))
-        backends["text_encoder"] = te.label
-        emb, mask = encode_prompts(
-            te, self.tokenizer, prompts, negatives if cfg else None, self.complex_human_instruction, te.pad_seq_to
-        )
+        start = self._clock()
+        emb, mask, backends["text_encoder"] = self._encode(prompts, negatives if cfg else None, plan, len(prompts))
         groups = 2 if cfg else 1  # [negatives; prompts] -> repeat each row n times, keeping the group order
         emb = emb.repeat_interleave(n, dim=0).to(self.device)
         mask = mask.repeat_interleave(n, dim=0).to(self.device)
         assert emb.shape[0] == groups * batch
-        seconds["text_encoder"] = time.perf_counter() - start
+        seconds["text_encoder"] = self._clock() - start
 
-        # 2. denoising loop
-        start = time.perf_counter()
+        # 2. denoising loop: the text side of the transformer once, then one transformer call per step
+        start = self._clock()
         lh, lw = plan.latent_size
         shape = (batch, LATENT_CHANNELS, lh, lw)
         x = _latents(shape, generator, self.device) if latents is None else latents.to(self.device, torch.float32)
         if tuple(x.shape) != shape:
             fail(f"latents must have shape {shape} for this request, got {tuple(x.shape)}.")
-        dit = self.provider.stage("transformer", plan.height, plan.width, groups * batch)
-        backends["transformer"] = dit.label
+        denoiser = self.provider.denoiser(plan.height, plan.width, groups * batch)
+        backends["transformer"] = denoiser.label
+        cond = denoiser.prepare(emb, mask)
+        step_seconds = []
         for i in self._steps(solver.steps):
+            step_start = self._clock()
             model_in = torch.cat([x, x]) if cfg else x
             t = solver.model_timestep(model_in.shape[0], self.device)
-            v = dit(latent=model_in, timestep=t, encoder_hidden_states=emb, encoder_attention_mask=mask)
-            v = v["noise_pred"].float()
+            v = denoiser(model_in, t, cond).float()
             if cfg:
                 v_uncond, v_cond = v.chunk(2)
                 v = v_uncond + guidance_scale * (v_cond - v_uncond)
             x = solver.step(v, x)
+            step_seconds.append(self._clock() - step_start)
             if callback is not None:
                 callback(i, float(t[0]), x)
-        seconds["denoise"] = time.perf_counter() - start
+        seconds["denoise"] = self._clock() - start
+        result = SanaDeployOutput(x, plan.height, plan.width, seconds, backends, "off", step_seconds, denoiser.kind)
         if output_type == "latent":
-            return SanaDeployOutput(x, plan.height, plan.width, seconds, backends)
+            seconds["total"] = self._clock() - call_start
+            return result
 
         # 3. DC-AE decode (tiled above the threshold), resize back from the bucket, convert
-        start = time.perf_counter()
-        image, mode = self._decode(x / self.preset.vae_scaling_factor, plan.height, plan.width, backends)
-        seconds["vae"] = time.perf_counter() - start
+        start = self._clock()
+        image, result.tiled_decode = self._decode(x / self.preset.vae_scaling_factor, plan.height, plan.width, backends)
+        seconds["vae"] = self._clock() - start
         if plan.resized:
             image = resize_and_crop(image, plan.out_height, plan.out_width)
-        images = postprocess(image, output_type)
-        return SanaDeployOutput(images, plan.out_height, plan.out_width, seconds, backends, mode)
+        result.images = postprocess(image, output_type)
+        result.height, result.width = plan.out_height, plan.out_width
+        seconds["total"] = self._clock() - call_start
+        return result
+
+    def _clock(self) -> float:
+        """``perf_counter``, after a CUDA synchronise when the timings must be exact (``sync_timings``)."""
+        if self.sync_timings and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _encode(
+        self,
+        prompts: list[str],
+        negatives: list[str] | None,
+        plan,
+        batch: int,  # noqa: ANN001 (SizePlan)
+    ) -> tuple[torch.Tensor, torch.Tensor, str]:
+        te = self.provider.runner("text_encoder", plan.height, plan.width, batch)
+        emb, mask = encode_prompts(
+            te, self.tokenizer, prompts, negatives, self.complex_human_instruction, te.pad_seq_to
+        )
+        return emb, mask, te.label
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] = "",
+        do_classifier_free_guidance: bool = True,
+        height: int | None = None,
+        width: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text embeddings and masks one request runs on: ``[negatives; prompts]`` with CFG, fp32 (B, 300, C)
+        and int64 (B, 300), exactly as :meth:`__call__` computes them."""
+        prompts = _prompt_list(prompt, "prompt")
+        negatives = _prompt_list(negative_prompt, "negative_prompt")
+        negatives = negatives * len(prompts) if len(negatives) == 1 else negatives
+        plan = plan_size(height, width, self.preset, True)
+        emb, mask, _ = self._encode(prompts, negatives if do_classifier_free_guidance else None, plan, len(prompts))
+        return emb, mask
 
     def _steps(self, steps: int):
         if not self.progress_bar:
@@ -251,7 +318,7 @@ class SanaDeployPipeline:
     def _decode(self, latent: torch.Tensor, height: int, width: int, backends: dict) -> tuple[torch.Tensor, str]:
         """(B,3,H,W) fp32 in about [-1, 1]; the exact split decode when a torch VAE is at hand."""
         if not self.tiling.use_tiling(height, width):
-            vae = self.provider.stage("vae", height, width, latent.shape[0])
+            vae = self.provider.runner("vae", height, width, latent.shape[0])
             backends["vae"] = vae.label
             return vae(latent=latent)["sample"].float(), "off"
         module = self.provider.torch_vae() if self.tiling.method != "latent" else None
@@ -261,7 +328,7 @@ class SanaDeployPipeline:
             backends["vae"] = "torch (exact tiled)"
             return split_tiled_decode(module, latent, self.tiling.tile), "exact"
         tile = self.tiling.tile
-        vae = self.provider.stage("vae", min(tile, height), min(tile, width), latent.shape[0])
+        vae = self.provider.runner("vae", min(tile, height), min(tile, width), latent.shape[0])
         backends["vae"] = f"{vae.label} (latent tiles)"
 
         def decode(z: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import pytest
 from sana_deploy.engines import BuildOptions, CacheError, EngineCache, Profile, build_engines, load_runner
 from sana_deploy.engines.backends import BACKENDS
 from sana_deploy.engines.builder import Export, cache_key
-from sana_deploy.engines.resolve import pending_builds
+from sana_deploy.engines.resolve import pending_builds, resolve
 from sana_deploy.errors import SanaDeployError
 
 ORT = dict(backend="onnxruntime", progress=False)
@@ -190,13 +190,13 @@ def test_manifest_is_rebuilt_from_the_folders(one_entry):
 def test_resolve_build_and_background(tmp_path, export_root):
     cache = EngineCache(tmp_path)
     kw = dict(backend="onnxruntime", export_root=str(export_root))
-    entry = cache.resolve("sana-tiny", "vae", 768, 1024, 2, policy="build", **kw)
+    entry = resolve(cache, "sana-tiny", "vae", 768, 1024, 2, policy="build", **kw)
     assert entry is not None and entry.profile.name == "1024"
-    assert cache.resolve("sana-tiny", "transformer", 512, 512, 1, policy="background", **kw) is None
+    assert resolve(cache, "sana-tiny", "transformer", 512, 512, 1, policy="background", **kw) is None
     pending = pending_builds(tmp_path)
     assert len(pending) == 1 and pending[0]["request"]["profiles"] == [512]
     # a second miss while it runs does not start another build
-    assert cache.resolve("sana-tiny", "transformer", 512, 512, 1, policy="background", **kw) is None
+    assert resolve(cache, "sana-tiny", "transformer", 512, 512, 1, policy="background", **kw) is None
     assert len(pending_builds(tmp_path)) == 1
     deadline = time.time() + 120
     while pending_builds(tmp_path) and time.time() < deadline:
@@ -204,4 +204,4 @@ def test_resolve_build_and_background(tmp_path, export_root):
     found = cache.find("sana-tiny", "transformer", 512, 512, 1)
     assert found is not None and found.profile.name == "512", Path(pending[0]["log"]).read_text()
     with pytest.raises(SanaDeployError, match="Unknown miss policy"):
-        cache.resolve("sana-tiny", "transformer", 4096, 4096, 1, policy="later")
+        resolve(cache, "sana-tiny", "transformer", 4096, 4096, 1, policy="later")

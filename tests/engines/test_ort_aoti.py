@@ -8,8 +8,10 @@ import pytest
 import torch
 from engine_helpers import pixel_sizes, rel_err, torch_reference
 
+from sana_deploy.contract import ALL_COMPONENTS, PIPELINE_COMPONENTS
 from sana_deploy.engines import EngineCache, build_engines, load_runner
 from sana_deploy.engines.backends import EngineBuildError
+from sana_deploy.engines.resolve import resolve
 from sana_deploy.errors import ShapeError
 
 # (height, width, batch) inside each profile: the opt shape, a non-square bucket, batch 1
@@ -33,9 +35,34 @@ def ort_engines(export_root, tmp_path_factory):
     root = tmp_path_factory.mktemp("ort-engines")
     entries = build_engines(
         "sana-tiny", "512,1024,2048,4096", backend="onnxruntime", engine_dir=root, export_root=export_root,
-        progress=False,
+        components=ALL_COMPONENTS, progress=False,
     )  # fmt: skip
     return root, entries
+
+
+def test_default_build_is_the_caption_kv_split(export_root, tmp_path):
+    """What the pipeline runs by default: text encoder, caption K/V graph, cached step graph, DC-AE."""
+    entries = build_engines(
+        "sana-tiny", "512", backend="onnxruntime", engine_dir=tmp_path, export_root=export_root, progress=False
+    )
+    assert sorted(e.component for e in entries) == sorted(PIPELINE_COMPONENTS)
+
+
+@pytest.mark.parametrize("base", [512, 2048])
+def test_onnxruntime_split_engines_match_pytorch(ort_engines, tiny, base):
+    """The caption K/V graph is size-free (one engine serves every profile); the cached step matches PyTorch."""
+    root, _ = ort_engines
+    cache = EngineCache(root)
+    for h, w, b in INSIDE[base]:
+        text = cache.find("sana-tiny", "transformer_text", h, w, b, backend="onnxruntime")
+        cached = cache.find("sana-tiny", "transformer_cached", h, w, b, backend="onnxruntime")
+        assert text is not None and cached is not None and cached.covers(h, w, b)
+        sizes = pixel_sizes("transformer", h, w, b)
+        inputs, ref = torch_reference(tiny, "transformer", sizes, seed=h + w)
+        kv = load_runner(text)(encoder_hidden_states=inputs["encoder_hidden_states"])["text_kv"]
+        feeds = {k: v for k, v in inputs.items() if k != "encoder_hidden_states"}
+        out = load_runner(cached)(text_kv=kv, **feeds)["noise_pred"]
+        assert rel_err(out, ref["noise_pred"]) <= 1e-5
 
 
 @pytest.mark.parametrize("base", [512, 1024, 2048, 4096])
@@ -83,11 +110,11 @@ def test_outside_every_profile_is_a_clear_miss(ort_engines, tiny):
     assert cache.find("sana-tiny", "transformer", 128, 128, 1) is None  # below the 512 buckets
     assert cache.find("other-model", "transformer", 1024, 1024, 1) is None
     with pytest.raises(ShapeError, match="No engine .* covers transformer at 1024x1024, batch 3.*--profiles 1024"):
-        cache.resolve("sana-tiny", "transformer", 1024, 1024, 3, policy="error")
+        resolve(cache, "sana-tiny", "transformer", 1024, 1024, 3, policy="error")
     # a runner refuses shapes outside its own profile instead of running them
     entry = cache.find("sana-tiny", "transformer", 512, 512, 1, backend="onnxruntime")
     inputs, _ = torch_reference(tiny, "transformer", pixel_sizes("transformer", 512, 512, 3))
-    with pytest.raises(ShapeError, match="outside the engine's profile"):
+    with pytest.raises(ShapeError, match="outside the transformer engine's profile"):
         load_runner(entry)(**inputs)
 
 

@@ -2,15 +2,16 @@
 
 import pytest
 
+from sana_deploy.contract import bucket_sizes
 from sana_deploy.engines import PROFILE_BASES, Profile, parse_profiles
-from sana_deploy.engines.profiles import aspect_ratio_buckets, profile_for_request
+from sana_deploy.engines.profiles import profile_for_request
 from sana_deploy.errors import ShapeError
 
 
 @pytest.mark.parametrize("base", PROFILE_BASES)
 def test_profile_covers_every_bucket_of_its_base(base):
     p = Profile.from_base(base, max_batch=2)
-    buckets = aspect_ratio_buckets(base)
+    buckets = bucket_sizes(base)
     assert len(buckets) >= 30  # diffusers' tables: 33 (512/1024) or 40 (2048/4096) aspect ratios
     for h, w in buckets:
         assert p.covers(h, w, 1) and p.covers(w, h, 4), (h, w)

@@ -31,14 +31,15 @@ def test_builds_one_engine_per_profile(rtx_engines):
         assert not e.hit and e.backend == "tensorrt-rtx" and e.device == "sm80+sm86+sm89+sm120"
         assert e.artifact.stat().st_size == e.size > 100_000
         assert e.artifact.read_bytes()[:4] == b"vtrt"
-    assert sorted(e.profile.name for e in by_comp["transformer"]) == ["1024", "2048", "4096"]
+    assert sorted(e.profile.name for e in by_comp["transformer_cached"]) == ["1024", "2048", "4096"]
+    assert len(by_comp["transformer_text"]) == 1  # size-free: one engine serves every profile
     assert sorted(e.profile.name for e in by_comp["vae"]) == ["1024", "2048", "4096"]
     assert len(by_comp["text_encoder"]) == 1  # not resolution-bound: the three profiles share one engine
 
 
 def test_plan_profiles_and_bindings_are_recorded(rtx_engines):
     _, entries = rtx_engines
-    tr = next(e for e in entries if e.component == "transformer" and e.profile.name == "4096")
+    tr = next(e for e in entries if e.component == "transformer_cached" and e.profile.name == "4096")
     assert tr.meta["input_shapes"]["latent"] == [[1, 32, 64, 64], [2, 32, 128, 128], [2, 32, 256, 256]]
     bindings = {b["name"]: b for b in tr.meta["info"]["bindings"]}
     assert bindings["latent"]["dtype"] == "float" and bindings["latent"]["shape"] == [-1, 32, -1, -1]
@@ -68,7 +69,7 @@ def test_runner_without_cuda_fails_clearly(rtx_engines):
     root, entries = rtx_engines
     with pytest.raises(SanaDeployError, match="cannot run here|CUDA GPU"):
         load_runner(entries[0])
-    assert EngineCache(root).find("sana-tiny", "transformer", 1024, 1024, 2) is None  # not runnable here
+    assert EngineCache(root).find("sana-tiny", "transformer_cached", 1024, 1024, 2) is None  # not runnable here
 
 
 def test_second_build_is_a_hit(rtx_engines, export_root):

@@ -11,13 +11,13 @@ import torch
 from sana_deploy.errors import ExportError, SanaDeployError
 from sana_deploy.export import SPECS, export_component
 from sana_deploy.export.onnx_functions import DOMAIN, sana_nodes
-from sana_deploy.export.parity import ort_session
+from sana_deploy.export.parity import cpu_session
 from sana_deploy.models.random import random_components
 
 
 def test_all_components_match_pytorch(tiny_export):
     _, results = tiny_export
-    assert set(results) == {"transformer", "vae", "text_encoder"}
+    assert set(results) == {"transformer", "vae", "text_encoder", "transformer_text", "transformer_cached"}
     for comp, r in results.items():
         assert len(r.parity) >= 3, comp
         for p in r.parity:
@@ -82,7 +82,7 @@ def test_fp16_export_is_finite(tmp_path):
     spec = SPECS["transformer"](c)
     inputs = spec.dummy_inputs(c, {"batch": 1, "latent_h": 64, "latent_w": 64, "text_len": 300})
     inputs["latent"] = inputs["latent"] * 50
-    out = ort_session(r.path).run(None, {k: v.numpy() for k, v in inputs.items()})[0]
+    out = cpu_session(r.path).run(None, {k: v.numpy() for k, v in inputs.items()})[0]
     assert np.isfinite(out).all()
 
 
@@ -143,7 +143,7 @@ def test_ort_runs_graph_at_unseen_size(tiny_export, tiny):
     out, _ = tiny_export
     spec = SPECS["transformer"](tiny)
     inputs = spec.dummy_inputs(tiny, {"batch": 3, "latent_h": 8, "latent_w": 40, "text_len": 5}, seed=7)
-    got = ort_session(out / "fp32" / "transformer" / "model.onnx").run(None, {k: v.numpy() for k, v in inputs.items()})
+    got = cpu_session(out / "fp32" / "transformer" / "model.onnx").run(None, {k: v.numpy() for k, v in inputs.items()})
     with torch.no_grad():
         want = tiny.transformer(*inputs.values()).numpy()
     assert got[0].shape == (3, 32, 8, 40)
@@ -158,12 +158,12 @@ def test_split_transformer_caches_caption_kv(tmp_path, tiny):
     assert all(p.rel <= 1e-5 for r in results.values() for p in r.parity)
     spec = SPECS["transformer"](tiny)
     inputs = spec.dummy_inputs(tiny, {"batch": 2, "latent_h": 16, "latent_w": 24, "text_len": 300}, seed=5)
-    kv = ort_session(results["transformer_text"].path).run(
+    kv = cpu_session(results["transformer_text"].path).run(
         None, {"encoder_hidden_states": inputs["encoder_hidden_states"].numpy()}
     )[0]
     assert kv.shape == (2, 2, 2, 300, 64)
     feeds = {k: v.numpy() for k, v in inputs.items() if k != "encoder_hidden_states"} | {"text_kv": kv}
-    got = ort_session(results["transformer_cached"].path).run(None, feeds)[0]
+    got = cpu_session(results["transformer_cached"].path).run(None, feeds)[0]
     with torch.no_grad():
         want = tiny.transformer(*inputs.values()).numpy()
     assert np.abs(got - want).max() / np.abs(want).max() < 1e-5

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
+from sana_deploy.contract import torch_dtype
 from sana_deploy.export import export_component
-from sana_deploy.models.components import torch_dtype
 from sana_deploy.models.loaders import load_components
 
 

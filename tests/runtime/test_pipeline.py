@@ -69,7 +69,7 @@ def test_onnxruntime_matches_torch(tiny, tiny_export, tiny_pipe):
 
     root, _ = tiny_export
     ort = SanaDeployPipeline.from_components(tiny, backend="onnxruntime", export_dir=root)
-    assert ort.provider.stages["transformer"].backend == "onnxruntime"
+    assert ort.provider.runner("transformer_cached", 64, 64, 2).backend == "onnxruntime"
     a = _ours(tiny_pipe, output_type="latent").images
     b = _ours(ort, output_type="latent").images
     err = _err(a, b)
@@ -90,7 +90,8 @@ def test_onnxruntime_from_model_frees_exported_modules(tiny_export, tiny_pipe):
     comps = random_components("sana-tiny")
     provider = fixed_stages(comps, "onnxruntime", "fp32", root, own_modules=True)
     assert comps.transformer is None and comps.text_encoder is None and provider.torch_vae() is comps.vae
-    assert {s.backend for s in provider.stages.values()} == {"onnxruntime"}
+    assert {r.backend for r in provider.runners.values()} == {"onnxruntime"}
+    assert set(provider.runners) == {"text_encoder", "transformer_text", "transformer_cached", "vae"}
     ort = type(tiny_pipe)(provider, comps.tokenizer, comps.preset, comps.model_id)
     a, b = _ours(tiny_pipe, output_type="latent").images, _ours(ort, output_type="latent").images
     assert _err(a, b) <= 1e-3

@@ -30,14 +30,14 @@ SIDES = [32, pytest.param(128, marks=pytest.mark.slow)]
 @pytest.fixture(scope="module")
 def reference(tiny):
     """fp32 output of our transformer per latent size (inputs, output)."""
-    from sana_deploy.runtime.stages import TorchRunner
+    from sana_deploy.runtime.loading import torch_runner
 
     cache: dict = {}
 
     def get(side: int):
         if side not in cache:
             x = _inputs(tiny, side)
-            cache[side] = (x, TorchRunner(tiny, "transformer")(**x)["noise_pred"])
+            cache[side] = (x, torch_runner(tiny, "transformer", "fp32")(**x)["noise_pred"])
         return cache[side]
 
     return get
@@ -58,11 +58,11 @@ def _diffusers_run(diffusers_pipe, x, dtype) -> torch.Tensor:
 @pytest.mark.parametrize("side", SIDES)
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_torch_low_precision_within_2x_of_pytorch(tiny, diffusers_pipe, reference, precision, side):
-    from sana_deploy.runtime.stages import TorchRunner
+    from sana_deploy.runtime.loading import torch_runner
 
     model = copy.deepcopy(tiny.transformer).to(DTYPES[precision])
     low = SanaComponents(tiny.preset, tiny.model_id, transformer=model)
-    runner = TorchRunner(low, "transformer")
+    runner = torch_runner(low, "transformer", precision)
     for x, ref in [reference(side)]:
         ours = runner(**x)["noise_pred"]
         theirs = _diffusers_run(diffusers_pipe, x, DTYPES[precision])
@@ -75,7 +75,7 @@ def test_torch_low_precision_within_2x_of_pytorch(tiny, diffusers_pipe, referenc
 def test_onnxruntime_fp16_within_2x_of_pytorch(tiny, diffusers_pipe, reference, tmp_path):
     side = 32
     from sana_deploy.export import export_component
-    from sana_deploy.runtime.ort import OrtRunner
+    from sana_deploy.runners import OrtRunner
 
     low = SanaComponents(tiny.preset, tiny.model_id, transformer=copy.deepcopy(tiny.transformer))
     path = export_component(low, "transformer", "fp16", tmp_path, parity=False).path
@@ -91,7 +91,7 @@ def test_onnxruntime_fp16_within_2x_of_pytorch(tiny, diffusers_pipe, reference, 
 
 def test_onnxruntime_bf16_on_cpu_is_a_clear_error(tiny, tmp_path):
     from sana_deploy.export import export_component
-    from sana_deploy.runtime.ort import OrtRunner
+    from sana_deploy.runners import OrtRunner
 
     low = SanaComponents(tiny.preset, tiny.model_id, transformer=copy.deepcopy(tiny.transformer))
     path = export_component(low, "transformer", "bf16", tmp_path, parity=False).path

@@ -132,8 +132,8 @@ class AotiBackend(Backend):
         return current_device()
 
     def build(self, job: BuildJob) -> BuildOutput:
+        from sana_deploy.contract import component_dtype
         from sana_deploy.export import SPECS
-        from sana_deploy.export.exporter import component_dtype
         from sana_deploy.plugins.registry import use_kernels
 
         if job.components_loader is None:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from sana_deploy.engines.backends.base import Backend, BuildJob, BuildOptions, BuildOutput, EngineBuildError
 from sana_deploy.engines.devices import current_device
-from sana_deploy.errors import fail
+from sana_deploy.errors import SanaDeployError, fail
+from sana_deploy.runners.onnxruntime import PROVIDER_ORDER, ort_session
 
 ARTIFACT = "model.opt.onnx"
-PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 _GPU_PROVIDERS = {"TensorrtExecutionProvider", "CUDAExecutionProvider"}
 
 
@@ -60,15 +60,13 @@ class OnnxRuntimeBackend(Backend):
             for axis, t in job.profile.axes.items():
                 so.add_free_dimension_override_by_name(axis, int(t.opt))
         job.progress(f"optimising with {providers[0]}")
-        try:
-            ort.InferenceSession(
-                str(job.onnx_path), so, providers=[p for p in providers if p != "TensorrtExecutionProvider"]
+        try:  # the session saves the optimised graph; TensorRT EP engines are built at load time instead
+            ort_session(
+                job.onnx_path, providers=[p for p in providers if p != "TensorrtExecutionProvider"], session_options=so
             )
-        except Exception as exc:  # e.g. bf16 graphs: no CPU kernels
+        except SanaDeployError as exc:  # e.g. bf16 graphs: no CPU kernels
             fail(
-                f"ONNX Runtime could not load {job.component} ({job.precision}): {type(exc).__name__}: {exc}. "
-                f"ONNX Runtime on CPU has no bf16 kernels; use --precision fp32 or fp16 with this backend.",
-                EngineBuildError,
+                f"Could not build the onnxruntime engine for {job.component} ({job.precision}): {exc}", EngineBuildError
             )
         return BuildOutput(ARTIFACT, {"providers": providers, "optimization": "extended"})
 

@@ -1,0 +1,142 @@
+"""ONNX Runtime: the one place sessions are opened (:func:`ort_session`), and the runner over one session.
+
+The same runner serves a plain export (``export/<model>/<precision>/<component>/model.onnx``, optimised when the
+session starts) and an engine-cache entry (the graph saved after optimisation at build time: ``opt="disable"``).
+Execution providers: TensorRT, CUDA, CPU, as installed. ONNX Runtime's CPU provider has no bf16 kernels, so a bf16
+graph there is refused with a message saying what to use instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sana_deploy.errors import fail
+from sana_deploy.runners.base import Runner, Shapes
+
+PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one): ONNX Runtime's thread count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    have = ort.get_available_providers()
+    return [p for p in PROVIDER_ORDER if p in have]
+
+
+@dataclass(frozen=True)
+class OrtOptions:
+    """Session settings; ``None`` means ONNX Runtime's (or this machine's) default."""
+
+    opt: str = "all"  # graph optimisation level: disable, basic, extended, all
+    threads: int | None = None  # intra-op threads (default: the cores this process may use)
+    inter_threads: int = 1
+    spin: bool = True  # session.intra_op.allow_spinning
+    parallel: bool = False  # execution mode ORT_PARALLEL instead of sequential
+    profile_prefix: str | None = None  # write ONNX Runtime's profiling JSON with this prefix
+    providers: tuple[str, ...] | None = None  # default: the best available (TensorRT, CUDA, CPU)
+
+    def __post_init__(self) -> None:
+        if self.opt not in OPT_LEVELS:
+            fail(f"ONNX Runtime optimisation level {self.opt!r}: choose one of {', '.join(OPT_LEVELS)}.")
+        if self.threads is not None and self.threads < 1:
+            fail(f"ONNX Runtime threads must be at least 1, got {self.threads}.")
+
+    def session_options(self):  # noqa: ANN201 (onnxruntime.SessionOptions)
+        import onnxruntime as ort
+
+        levels = ort.GraphOptimizationLevel
+        so = ort.SessionOptions()
+        so.graph_optimization_level = {
+            "disable": levels.ORT_DISABLE_ALL,
+            "basic": levels.ORT_ENABLE_BASIC,
+            "extended": levels.ORT_ENABLE_EXTENDED,
+            "all": levels.ORT_ENABLE_ALL,
+        }[self.opt]
+        so.intra_op_num_threads = self.threads or usable_cores()
+        so.inter_op_num_threads = self.inter_threads
+        so.execution_mode = ort.ExecutionMode.ORT_PARALLEL if self.parallel else ort.ExecutionMode.ORT_SEQUENTIAL
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin else "0")
+        if self.profile_prefix:
+            so.enable_profiling = True
+            so.profile_file_prefix = self.profile_prefix
+        return so
+
+
+def ort_session(
+    path: str | Path, options: OrtOptions | None = None, providers: Sequence | None = None, session_options=None
+):  # noqa: ANN001, ANN201 (onnxruntime.InferenceSession)
+    """An ``InferenceSession`` over ``path``; a graph this ONNX Runtime cannot load is a clear error.
+
+    ``providers`` may carry provider options (``(name, {...})`` pairs); ``session_options`` replaces the ones made
+    from ``options`` (the engine build uses it to save the optimised graph).
+    """
+    import onnxruntime as ort
+
+    options = options or OrtOptions()
+    so = session_options or options.session_options()
+    chosen = list(providers) if providers else list(options.providers or available_providers())
+    try:
+        return ort.InferenceSession(str(path), so, providers=chosen)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        fail(
+            f"ONNX Runtime cannot load {path}: {type(exc).__name__}: {first}. ONNX Runtime's CPU provider has no "
+            f"bf16 kernels: use precision fp32 or fp16 with the onnxruntime backend, or the torch backend for bf16."
+        )
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    """fp32 for float inputs, int64 for ids and masks (the export's boundary types)."""
+    t = t.detach().cpu()
+    return np.ascontiguousarray(t.float().numpy() if t.is_floating_point() else t.long().numpy())
+
+
+class OrtRunner(Runner):
+    """One ``InferenceSession``; ``run`` is thread-safe, so calls are not serialised."""
+
+    backend = "onnxruntime"
+    reentrant = True
+
+    def __init__(
+        self,
+        path: str | Path,
+        component: str = "",
+        precision: str = "fp32",
+        options: OrtOptions | None = None,
+        shapes: Shapes | None = None,
+        providers: Sequence | None = None,
+    ) -> None:
+        self.session = ort_session(path, options, providers)
+        super().__init__(
+            component or Path(path).parent.name,
+            [i.name for i in self.session.get_inputs()],
+            [o.name for o in self.session.get_outputs()],
+            precision,
+            shapes,
+            detail=str(path),
+        )
+        self.path = Path(path)
+        self.providers = self.session.get_providers()
+
+    def infer(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        outs = self.session.run(self.output_names, {n: _to_numpy(t) for n, t in inputs.items()})
+        return {n: torch.from_numpy(np.ascontiguousarray(o)) for n, o in zip(self.output_names, outs, strict=True)}
+
+    def end_profiling(self) -> str | None:
+        """The profiling JSON's path when the options turned profiling on."""
+        return self.session.end_profiling() or None

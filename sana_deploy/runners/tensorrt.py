@@ -1,0 +1,129 @@
+"""TensorRT and TensorRT-RTX plans (the same runtime API; the Python module differs).
+
+I/O is bound by tensor name; the optimisation profile is chosen by the input shapes; output buffers are device
+tensors allocated once and grown only when a larger shape arrives (results are copied out, so a later call cannot
+overwrite them). A weight-stripped plan is refitted from the ONNX it was built from. On a machine without CUDA it
+fails with a clear message before touching the library. Written against the real API; the CI machines have no
+GPU, so it is unverified there (docs/VERIFIED.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from sana_deploy.errors import SanaDeployError, ShapeError, fail
+from sana_deploy.runners.base import Runner, Shapes
+
+
+def torch_dtype(trt: ModuleType, dt) -> torch.dtype:  # noqa: ANN001
+    table = {
+        trt.DataType.FLOAT: torch.float32,
+        trt.DataType.HALF: torch.float16,
+        trt.DataType.BF16: torch.bfloat16,
+        trt.DataType.INT64: torch.int64,
+        trt.DataType.INT32: torch.int32,
+        trt.DataType.BOOL: torch.bool,
+    }
+    return table[dt]
+
+
+class TrtRunner(Runner):
+    """``refit_onnx``: the ONNX a weight-stripped plan is refitted from (None: the plan holds its weights)."""
+
+    reentrant = False
+
+    def __init__(
+        self,
+        path: str | Path,
+        trt: ModuleType,
+        component: str,
+        input_names: list[str],
+        output_names: list[str],
+        precision: str = "fp32",
+        shapes: Shapes | None = None,
+        backend: str = "tensorrt",
+        plugin_libraries: tuple[str, ...] = (),
+        qdp_plugins: bool = False,
+        refit_onnx: tuple[str, bool] | None = None,
+    ) -> None:
+        super().__init__(component, input_names, output_names, precision, shapes, detail=str(path))
+        self.backend = backend
+        if not torch.cuda.is_available():
+            fail(
+                f"{backend} engines run on a CUDA GPU and this machine has none (torch.cuda.is_available() is False). "
+                f"Run on a GPU machine, or build --backend onnxruntime for this one.",
+                SanaDeployError,
+            )
+        from sana_deploy.engines.backends import trt_common  # the TensorRT helpers shared with the build
+
+        self.trt, self._common = trt, trt_common
+        for lib in plugin_libraries:
+            trt.get_plugin_registry().load_library(lib)
+        if qdp_plugins:  # JIT implementations run in this process
+            from sana_deploy.plugins.trt_plugins import register_trt_plugins
+
+            register_trt_plugins()
+        self.engine, self.runtime, self.logger = trt_common.deserialize(trt, Path(path).read_bytes())
+        if refit_onnx is not None:
+            self._refit(*refit_onnx)
+        self.context = self.engine.create_execution_context()
+        self.stream = torch.cuda.Stream()
+        self.active_profile = -1
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def _refit(self, onnx_path: str, plugin_nodes: bool) -> None:
+        """Weight-stripped plan: supply the weights from the same (inlined) ONNX it was built from."""
+        trt = self.trt
+        refitter = trt.Refitter(self.engine, self.logger)
+        parser_refitter = trt.OnnxParserRefitter(refitter, self.logger)
+        data = self._common.onnx_for_parser(onnx_path, plugin_nodes)
+        if not parser_refitter.refit_from_bytes(data, onnx_path) or not refitter.refit_cuda_engine():
+            fail(f"Could not refit the weight-stripped engine from {onnx_path}: {self.logger.errors}")
+
+    def _profile_for(self, inputs: dict[str, torch.Tensor]) -> int:
+        for p in range(self.engine.num_optimization_profiles):
+            ok = True
+            for name, t in inputs.items():
+                lo, _opt, hi = self.engine.get_tensor_profile_shape(name, p)
+                ok &= all(a <= d <= b for d, a, b in zip(t.shape, lo, hi, strict=True))
+            if ok:
+                return p
+        fail(
+            f"No optimisation profile of {self.detail} covers {[tuple(t.shape) for t in inputs.values()]}.",
+            ShapeError,
+        )
+
+    def infer(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        profile = self._profile_for(inputs)
+        if profile != self.active_profile:
+            self.context.set_optimization_profile_async(profile, self.stream.cuda_stream)
+            self.active_profile = profile
+        keep = []
+        for name, t in inputs.items():
+            t = t.to(device="cuda", dtype=torch_dtype(self.trt, self.engine.get_tensor_dtype(name))).contiguous()
+            keep.append(t)
+            if not self.context.set_input_shape(name, tuple(t.shape)):
+                fail(f"TensorRT refused shape {tuple(t.shape)} for {name}: {self.logger.errors}", ShapeError)
+            self.context.set_tensor_address(name, t.data_ptr())
+        outputs = {}
+        for name in self.output_names:
+            shape = tuple(self.context.get_tensor_shape(name))
+            dtype = torch_dtype(self.trt, self.engine.get_tensor_dtype(name))
+            numel = 1
+            for d in shape:
+                numel *= d
+            buf = self.buffers.get(name)
+            if buf is None or buf.numel() < numel or buf.dtype != dtype:
+                buf = torch.empty(numel, dtype=dtype, device="cuda")
+                self.buffers[name] = buf
+            out = buf[:numel].view(shape)
+            self.context.set_tensor_address(name, out.data_ptr())
+            outputs[name] = out
+        self.stream.wait_stream(torch.cuda.current_stream())
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            fail(f"TensorRT execution failed: {self.logger.errors}")
+        torch.cuda.current_stream().wait_stream(self.stream)
+        return {n: o.clone() for n, o in outputs.items()}
