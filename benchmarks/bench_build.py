@@ -28,8 +28,8 @@ from pathlib import Path
 def _child(spec: dict) -> None:
     """Runs in the child: one export or one build; prints one JSON line."""
     if spec["step"] == "export":
-        from sana_deploy.export import export_model
         from sana_deploy.contract import parse_components
+        from sana_deploy.export import export_model
         from sana_deploy.models.loaders import load_components
 
         names = parse_components(spec["components"])

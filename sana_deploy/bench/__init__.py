@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sana_deploy.bench.backends import BACKENDS, BASELINE, parse_backends
 from sana_deploy.bench.case import STAGES, BenchCase, parse_profiles, parse_stages
+from sana_deploy.bench.contenders import BASELINE, CONTENDERS, parse_backends
 from sana_deploy.bench.harness import RESULT_FORMAT, BenchSettings, run_bench
 from sana_deploy.bench.report import collate, markdown, text_table, write_atomic, write_json
 from sana_deploy.bench.stats import STATISTICS, percentile, summarize
@@ -68,7 +68,7 @@ def bench(
 
 
 __all__ = [
-    "BACKENDS",
+    "CONTENDERS",
     "BASELINE",
     "RESULT_FORMAT",
     "STAGES",

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from sana_deploy.bench.backends import BASELINE, Backend, CaseContext, Prepared, RunTimes
 from sana_deploy.bench.case import STAGES, BenchCase
+from sana_deploy.bench.contenders import BASELINE, CaseContext, Contender, Prepared, RunTimes
 from sana_deploy.bench.flops import device_peak_tflops, transformer_flops
 from sana_deploy.bench.machine import loadavg, machine_record
 from sana_deploy.bench.stats import summarize
@@ -28,7 +28,7 @@ from sana_deploy.bench.timer import MemoryMeter
 from sana_deploy.contract import COMPONENTS, torch_dtype
 from sana_deploy.errors import fail
 from sana_deploy.models.components import SanaComponents
-from sana_deploy.runtime.loading import cast_components
+from sana_deploy.runtime.assemble import cast_components
 
 RESULT_FORMAT = "sana-deploy/bench/2"
 
@@ -97,7 +97,7 @@ def _stage_flops(stage: str, flops: dict[str, float], denoiser: str, steps: int)
     return None
 
 
-def _entry(case: BenchCase, backend: Backend, status: str, reason: str = "") -> dict:
+def _entry(case: BenchCase, backend: Contender, status: str, reason: str = "") -> dict:
     return {
         "model": case.model,
         "profile": case.profile,
@@ -127,7 +127,7 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}{where}"
 
 
-def _prepare(backend: Backend, ctx: CaseContext, entry: dict, progress: Callable[[str], None]) -> Prepared | None:
+def _prepare(backend: Contender, ctx: CaseContext, entry: dict, progress: Callable[[str], None]) -> Prepared | None:
     case = ctx.case
     reason = backend.unavailable(case)
     if reason:
@@ -222,7 +222,7 @@ def _warm(prepared: Prepared, entry: dict, warmup: int, timings: _Timings, progr
 
 def run_case(
     case: BenchCase,
-    backends: list[Backend],
+    backends: list[Contender],
     settings: BenchSettings,
     machine: dict,
     progress: Callable[[str], None] = _log,
@@ -314,7 +314,7 @@ def add_speedups(results: list[dict]) -> None:
         }
 
 
-def run_bench(cases: list[BenchCase], backends: list[Backend], settings: BenchSettings) -> dict:
+def run_bench(cases: list[BenchCase], backends: list[Contender], settings: BenchSettings) -> dict:
     """The whole benchmark: machine record, every case x backend, speed-ups vs diffusers eager."""
     machine = machine_record()
     settings.work_dir = Path(settings.work_dir)

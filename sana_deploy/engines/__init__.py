@@ -13,9 +13,9 @@ from sana_deploy.contract import PROFILE_BASES, MissPolicy, parse_profiles
 from sana_deploy.engines.backends import BACKEND_CHOICES, BACKENDS, BuildOptions, get_backend
 from sana_deploy.engines.builder import build_engines
 from sana_deploy.engines.cache import CacheError, EngineCache
-from sana_deploy.engines.entry import CacheKey, EngineEntry
-from sana_deploy.engines.loaders import EngineFromOnnx, EngineFromPath, SaveEngine, load_runner
+from sana_deploy.engines.lazy import EngineFromOnnx, EngineFromPath, SaveEngine, load_runner
 from sana_deploy.engines.profiles import Profile, ShapeTuple
+from sana_deploy.engines.records import CacheKey, EngineEntry
 from sana_deploy.engines.resolve import pending_builds
 
 __all__ = [

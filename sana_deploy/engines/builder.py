@@ -24,9 +24,9 @@ from sana_deploy.contract import (
 )
 from sana_deploy.engines.backends import Backend, BuildJob, BuildOptions, get_backend, not_runnable_note
 from sana_deploy.engines.cache import EngineCache, sha256_file
-from sana_deploy.engines.entry import CacheKey, EngineEntry
-from sana_deploy.engines.loaders import EngineFromOnnx, SaveEngine
+from sana_deploy.engines.lazy import EngineFromOnnx, SaveEngine
 from sana_deploy.engines.profiles import Profile, check_max_batch
+from sana_deploy.engines.records import CacheKey, EngineEntry
 from sana_deploy.errors import fail
 from sana_deploy.export import ensure_export, load_manifest
 from sana_deploy.models.components import SanaComponents

@@ -1,6 +1,6 @@
 """The engine cache: ``<root>/<model>/<component>/<key>/{artifact, meta.json}`` plus ``<root>/manifest.json``.
 
-* The key hashes everything that can invalidate an engine (:class:`~sana_deploy.engines.entry.CacheKey`).
+* The key hashes everything that can invalidate an engine (:class:`~sana_deploy.engines.records.CacheKey`).
 * Builds happen in a ``.tmp-<key>-…`` staging folder that is renamed into place once the artifact and its
   ``meta.json`` (written last, with the artifact's size and sha256) are complete; a killed build leaves only a
   staging folder, which nothing reads and the next build of that key removes.
@@ -27,8 +27,8 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from sana_deploy.contract import SIZE_FREE_COMPONENTS, model_dirname, parse_components
-from sana_deploy.engines.entry import META_FILE, META_FORMAT, CacheKey, EngineEntry, read_meta
 from sana_deploy.engines.profiles import Profile
+from sana_deploy.engines.records import META_FILE, META_FORMAT, CacheKey, EngineEntry, read_meta
 from sana_deploy.errors import SanaDeployError, fail
 from sana_deploy.fileio import write_atomic
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from sana_deploy.engines.cache import EngineCache
-from sana_deploy.engines.entry import EngineEntry
+from sana_deploy.engines.records import EngineEntry
 
 
 def inspect_data(entry: EngineEntry) -> dict:

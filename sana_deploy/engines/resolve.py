@@ -22,8 +22,8 @@ from pathlib import Path
 
 from sana_deploy.contract import MissPolicy
 from sana_deploy.engines.cache import pid_alive
-from sana_deploy.engines.entry import EngineEntry
 from sana_deploy.engines.profiles import profile_for_request
+from sana_deploy.engines.records import EngineEntry
 from sana_deploy.errors import ShapeError, fail
 
 

@@ -27,10 +27,8 @@ def register_kernel(op: str, name: str, fn: Callable) -> None:
 
 
 def implementation(op: str) -> Callable:
-    """The implementation of ``op`` for the active kernel set (falls back to the reference)."""
-    import sana_deploy.plugins.linear_attention  # noqa: F401  (registers the ops)
-    import sana_deploy.plugins.mix_ffn  # noqa: F401
-
+    """The implementation of ``op`` for the active kernel set (falls back to the reference). The op packages
+    register their kernels when imported, and only their own ``op`` modules call this."""
     impls = _IMPLS[op]
     return impls.get(_active, impls["reference"])
 

@@ -9,6 +9,7 @@ GPU, so it is unverified there (docs/VERIFIED.md).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import ModuleType
 
@@ -16,6 +17,39 @@ import torch
 
 from sana_deploy.errors import SanaDeployError, ShapeError, fail
 from sana_deploy.runners.base import Runner, Shapes
+
+
+def make_logger(trt: ModuleType):
+    """A TensorRT logger that keeps errors so build failures can quote them."""
+
+    class _Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity, msg: str) -> None:  # noqa: ANN001 (TensorRT's enum)
+            if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
+                self.errors.append(msg)
+            elif severity == trt.ILogger.Severity.WARNING and os.environ.get("SANA_DEPLOY_TRT_VERBOSE"):
+                print(f"[TRT] {msg}")
+
+    return _Logger()
+
+
+def deserialize(trt: ModuleType, plan: bytes):
+    """An ICudaEngine, or a clear error where CUDA is missing (the library returns None, logging cudaError 35)."""
+    if not torch.cuda.is_available():
+        fail(
+            "TensorRT engines need a CUDA GPU to deserialize and run; this machine has none. Run it on a GPU "
+            "machine, or use --backend onnxruntime here.",
+            SanaDeployError,
+        )
+    logger = make_logger(trt)
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(plan)
+    if engine is None:
+        fail(f"TensorRT could not deserialize the engine: {' | '.join(logger.errors)}", SanaDeployError)
+    return engine, runtime, logger
 
 
 def torch_dtype(trt: ModuleType, dt) -> torch.dtype:  # noqa: ANN001
@@ -31,7 +65,8 @@ def torch_dtype(trt: ModuleType, dt) -> torch.dtype:  # noqa: ANN001
 
 
 class TrtRunner(Runner):
-    """``refit_onnx``: the ONNX a weight-stripped plan is refitted from (None: the plan holds its weights)."""
+    """``refit_onnx``: (serialized ONNX as the parser takes it, its path for external data) that a weight-stripped
+    plan is refitted from (None: the plan holds its weights)."""
 
     reentrant = False
 
@@ -47,7 +82,7 @@ class TrtRunner(Runner):
         backend: str = "tensorrt",
         plugin_libraries: tuple[str, ...] = (),
         qdp_plugins: bool = False,
-        refit_onnx: tuple[str, bool] | None = None,
+        refit_onnx: tuple[bytes, str] | None = None,
     ) -> None:
         super().__init__(component, input_names, output_names, precision, shapes, detail=str(path))
         self.backend = backend
@@ -57,16 +92,14 @@ class TrtRunner(Runner):
                 f"Run on a GPU machine, or build --backend onnxruntime for this one.",
                 SanaDeployError,
             )
-        from sana_deploy.engines.backends import trt_common  # the TensorRT helpers shared with the build
-
-        self.trt, self._common = trt, trt_common
+        self.trt = trt
         for lib in plugin_libraries:
             trt.get_plugin_registry().load_library(lib)
         if qdp_plugins:  # JIT implementations run in this process
             from sana_deploy.plugins.trt_plugins import register_trt_plugins
 
             register_trt_plugins()
-        self.engine, self.runtime, self.logger = trt_common.deserialize(trt, Path(path).read_bytes())
+        self.engine, self.runtime, self.logger = deserialize(trt, Path(path).read_bytes())
         if refit_onnx is not None:
             self._refit(*refit_onnx)
         self.context = self.engine.create_execution_context()
@@ -74,12 +107,11 @@ class TrtRunner(Runner):
         self.active_profile = -1
         self.buffers: dict[str, torch.Tensor] = {}
 
-    def _refit(self, onnx_path: str, plugin_nodes: bool) -> None:
+    def _refit(self, data: bytes, onnx_path: str) -> None:
         """Weight-stripped plan: supply the weights from the same (inlined) ONNX it was built from."""
         trt = self.trt
         refitter = trt.Refitter(self.engine, self.logger)
         parser_refitter = trt.OnnxParserRefitter(refitter, self.logger)
-        data = self._common.onnx_for_parser(onnx_path, plugin_nodes)
         if not parser_refitter.refit_from_bytes(data, onnx_path) or not refitter.refit_cuda_engine():
             fail(f"Could not refit the weight-stripped engine from {onnx_path}: {self.logger.errors}")
 

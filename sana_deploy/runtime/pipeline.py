@@ -26,20 +26,20 @@ from sana_deploy.errors import SanaDeployError, fail
 from sana_deploy.models.components import SanaComponents
 from sana_deploy.models.config import LATENT_CHANNELS, SanaPreset
 from sana_deploy.runners import OrtOptions
-from sana_deploy.runtime.images import postprocess
-from sana_deploy.runtime.loading import (
+from sana_deploy.runtime.assemble import (
     cast_components,
     check_fixed_backend,
     engine_provider,
     fixed_stages,
     load_model,
 )
+from sana_deploy.runtime.exact_tiling import split_tiled_decode
+from sana_deploy.runtime.images import postprocess
 from sana_deploy.runtime.providers import StageProvider
 from sana_deploy.runtime.resolution import plan_size, resize_and_crop
 from sana_deploy.runtime.solvers import make_solver
 from sana_deploy.runtime.text import COMPLEX_HUMAN_INSTRUCTION, encode_prompts
 from sana_deploy.runtime.tiling import TilingConfig, tiled_decode
-from sana_deploy.runtime.vae_split import split_tiled_decode
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 Callback = Callable[[int, float, torch.Tensor], None]  # (step index, timestep, latents)

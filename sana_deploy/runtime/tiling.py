@@ -30,7 +30,7 @@ class TilingConfig:
     ``enabled``: True/False, or None for automatic: tile when the image has more than ``threshold`` pixels
     (default 2048², so 4K-tier images are tiled and 2K ones are not).
     ``method``: ``exact`` (global low-resolution part once, local part in halo tiles; needs the torch DC-AE,
-    see :mod:`sana_deploy.runtime.vae_split`), ``latent`` (latent tiles through any VAE stage, blended), or
+    see :mod:`sana_deploy.runtime.exact_tiling`), ``latent`` (latent tiles through any VAE stage, blended), or
     ``auto``: exact when the torch DC-AE is loaded, latent tiles otherwise.
     """
 

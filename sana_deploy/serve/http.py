@@ -14,9 +14,9 @@ import time
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from sana_deploy.serve.pipeline import png_bytes
 from sana_deploy.serve.requests import RequestError, parse_body
 from sana_deploy.serve.service import ImageService
+from sana_deploy.serve.shared import png_bytes
 
 
 def create_app(service: ImageService) -> FastAPI:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sana_deploy.serve.pipeline import ImagePipeline
 from sana_deploy.serve.settings import ServeSettings
+from sana_deploy.serve.shared import ImagePipeline
 
 PipelineFactory = Callable[[], ImagePipeline]  # must be picklable (a module-level function or a partial of one)
 

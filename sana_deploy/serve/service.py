@@ -21,9 +21,9 @@ from PIL import Image
 
 from sana_deploy.errors import SanaDeployError, ShapeError
 from sana_deploy.serve.metrics import Metrics
-from sana_deploy.serve.pipeline import ImagePipeline, batch_key, generate_batch, size_bucket
 from sana_deploy.serve.requests import ImageRequest, RequestError
 from sana_deploy.serve.settings import ServeSettings
+from sana_deploy.serve.shared import ImagePipeline, batch_key, generate_batch, size_bucket
 
 log = logging.getLogger("sana_deploy.serve")
 

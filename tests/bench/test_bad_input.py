@@ -6,8 +6,8 @@ import pytest
 from click.testing import CliRunner
 
 from sana_deploy.bench import BenchSettings, parse_backends
-from sana_deploy.bench.backends import BACKENDS
 from sana_deploy.bench.case import BenchCase, parse_profiles, parse_stages
+from sana_deploy.bench.contenders import CONTENDERS
 from sana_deploy.cli import main
 from sana_deploy.errors import SanaDeployError
 
@@ -46,7 +46,7 @@ def test_parsers():
     backends = parse_backends("torch,onnxruntime[opt=extended,split=0]")
     assert [b.label for b in backends] == ["diffusers-eager", "torch", "onnxruntime[opt=extended,split=0]"]
     assert {"diffusers-eager", "torch-compile", "torch", "onnxruntime", "aoti", "tensorrt", "tensorrt-rtx"} <= set(
-        BACKENDS
+        CONTENDERS
     )
     with pytest.raises(SanaDeployError):
         BenchSettings(runs=0)
@@ -55,6 +55,6 @@ def test_parsers():
 def test_gpu_backends_explain_why_they_cannot_run_on_cpu():
     case = BenchCase("sana-tiny", 512, steps=2, device="cpu")
     for name in ("tensorrt", "tensorrt-rtx"):
-        reason = BACKENDS[name]().unavailable(case)
+        reason = CONTENDERS[name]().unavailable(case)
         assert reason and "GPU" in reason
-    assert "fp32" in BACKENDS["onnxruntime"]().unavailable(BenchCase("sana-tiny", 512, precision="bf16"))
+    assert "fp32" in CONTENDERS["onnxruntime"]().unavailable(BenchCase("sana-tiny", 512, precision="bf16"))

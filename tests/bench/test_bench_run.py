@@ -14,7 +14,7 @@ from sana_deploy.bench import RESULT_FORMAT, STAGES, STATISTICS, collate
 from sana_deploy.bench.machine import MACHINE_FIELDS
 from sana_deploy.cli import main
 
-BACKENDS = "torch,onnxruntime[split=0],tensorrt"
+CONTENDERS = "torch,onnxruntime[split=0],tensorrt"
 RAN = ("diffusers-eager", "torch", "onnxruntime[split=0]")
 
 
@@ -28,7 +28,7 @@ def bench_run(tiny_export, tmp_path_factory):
     files = {k: work / f"result.{k}" for k in ("json", "md", "png")}
     r = CliRunner().invoke(
         main,
-        ["bench", "--model", "sana-tiny", "--profiles", "512", "--backends", BACKENDS, "--steps", "2",
+        ["bench", "--model", "sana-tiny", "--profiles", "512", "--backends", CONTENDERS, "--steps", "2",
          "--warmup", "1", "--runs", "2", "--work-dir", str(work), "--json", str(files["json"]),
          "--markdown", str(files["md"]), "--plot", str(files["png"])],
     )  # fmt: skip

@@ -84,7 +84,7 @@ def test_onnxruntime_from_model_frees_exported_modules(tiny_export, tiny_pipe):
     """from_model owns its modules: once exported, the transformer and text encoder are not kept next to the
     sessions (only the DC-AE, for the exact tiled decode), and the images are unchanged."""
     from sana_deploy.models.random import random_components
-    from sana_deploy.runtime.loading import fixed_stages
+    from sana_deploy.runtime.assemble import fixed_stages
 
     root, _ = tiny_export
     comps = random_components("sana-tiny")

@@ -30,7 +30,7 @@ SIDES = [32, pytest.param(128, marks=pytest.mark.slow)]
 @pytest.fixture(scope="module")
 def reference(tiny):
     """fp32 output of our transformer per latent size (inputs, output)."""
-    from sana_deploy.runtime.loading import torch_runner
+    from sana_deploy.runtime.assemble import torch_runner
 
     cache: dict = {}
 
@@ -58,7 +58,7 @@ def _diffusers_run(diffusers_pipe, x, dtype) -> torch.Tensor:
 @pytest.mark.parametrize("side", SIDES)
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_torch_low_precision_within_2x_of_pytorch(tiny, diffusers_pipe, reference, precision, side):
-    from sana_deploy.runtime.loading import torch_runner
+    from sana_deploy.runtime.assemble import torch_runner
 
     model = copy.deepcopy(tiny.transformer).to(DTYPES[precision])
     low = SanaComponents(tiny.preset, tiny.model_id, transformer=model)

@@ -17,7 +17,7 @@ from sana_deploy.runtime.tiling import TilingConfig, _axis_weights, tile_starts,
 _DECODE = r"""
 import json, sys, numpy as np, torch
 from sana_deploy.models.random import random_components
-from sana_deploy.runtime.vae_split import split_tiled_decode
+from sana_deploy.runtime.exact_tiling import split_tiled_decode
 mode, side, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 vae = random_components("sana-tiny", ("vae",)).vae
 latent = torch.randn(1, 32, side, side, generator=torch.Generator().manual_seed(0)) * 2.0

@@ -149,7 +149,7 @@ def test_metrics_and_health(server):
 
 @pytest.fixture(scope="module")
 def tiny_server(tmp_path_factory):
-    from sana_deploy.serve.pipeline import load_pipeline
+    from sana_deploy.serve.shared import load_pipeline
 
     pipe = load_pipeline("sana-tiny", engine_dir=tmp_path_factory.mktemp("engines"))  # no engines: torch
     service = ImageService(pipe, default_settings("sana-tiny", num_inference_steps=2, batch_wait_s=0.0))
@@ -234,8 +234,8 @@ def test_serve_default_is_generates_auto_backend(constructors, tmp_path, monkeyp
 
 def test_requests_of_one_aspect_bucket_share_a_call_and_get_their_own_sizes():
     from sana_deploy.models.config import PRESETS
-    from sana_deploy.serve.pipeline import generate_batch
     from sana_deploy.serve.requests import ImageRequest
+    from sana_deploy.serve.shared import generate_batch
 
     pipe = FakePipeline()
     pipe.preset = PRESETS["sana-tiny"]  # 512x512 and 1024x1024 both bin to the 1024x1024 bucket

@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from sana_deploy.serve.http import create_app
-from sana_deploy.serve.pipeline import SharedPipeline, load_pipeline
 from sana_deploy.serve.requests import ImageRequest
 from sana_deploy.serve.service import ImageService
 from sana_deploy.serve.settings import default_settings
+from sana_deploy.serve.shared import SharedPipeline, load_pipeline
 from tests.serve.conftest import ThreadedServer
 
 

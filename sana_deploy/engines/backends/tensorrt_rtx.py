@@ -11,6 +11,7 @@ from pathlib import Path
 from sana_deploy.engines.backends import trt_common
 from sana_deploy.engines.backends.base import Backend, BuildJob, BuildOptions, BuildOutput, EngineBuildError
 from sana_deploy.errors import ShapeError, fail
+from sana_deploy.runners.tensorrt import deserialize
 
 # Ampere to Blackwell. One plan serves them all at no extra build time or size (measured on sana-tiny); Turing
 # (sm75) is left out: its RTX builds reject fp32 GEMMs ("FP32 GEMM is not supported").
@@ -117,7 +118,7 @@ def trt_inspect(trt, artifact: Path, meta: dict) -> dict:  # noqa: ANN001
     if Backend.can_run(TensorRtRtxBackend(), meta["device"]) is not None:
         info["limits"] = f"engine built for {meta['device']}: cannot deserialize it on this GPU"
         return info
-    engine, _runtime, _logger = trt_common.deserialize(trt, artifact.read_bytes())
+    engine, _runtime, _logger = deserialize(trt, artifact.read_bytes())
     info.update(trt_common.engine_io(engine))
     info["from_engine"] = True
     return info

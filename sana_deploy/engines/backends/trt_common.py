@@ -1,7 +1,7 @@
 """Engine building shared by ``tensorrt`` (10.x/11.x) and ``tensorrt-rtx``: same Python API, different module.
 
 Both build a strongly-typed network from the ONNX parser (precision lives in the ONNX: TensorRT 11 has no
-precision flags, reference tensorrt.md §0), one optimisation profile per engine, the builder optimisation level,
+precision flags), one optimisation profile per engine, the builder optimisation level,
 a workspace limit, a shared timing cache merged under a file lock, and optionally a weight-stripped plan
 (``STRIP_PLAN`` + ``REFIT_IDENTICAL``) refitted from the ONNX at load.
 
@@ -13,7 +13,6 @@ the node by op type and rejects it, "q_num_heads must be positive".)
 
 from __future__ import annotations
 
-import os
 import struct
 from pathlib import Path
 from types import ModuleType
@@ -27,26 +26,10 @@ from sana_deploy.engines.profiles import ShapeTuple
 from sana_deploy.errors import fail
 from sana_deploy.export.onnx_functions import DOMAIN
 from sana_deploy.fileio import write_atomic
+from sana_deploy.runners.tensorrt import make_logger
 
 PLAN_FILE = "engine.plan"
 PLUGIN_NAMES = ("LinearAttention", "MixFFN")
-
-
-def make_logger(trt: ModuleType):
-    """A TensorRT logger that keeps errors so build failures can quote them."""
-
-    class _Logger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-
-        def log(self, severity, msg: str) -> None:  # noqa: ANN001 (TensorRT's enum)
-            if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
-                self.errors.append(msg)
-            elif severity == trt.ILogger.Severity.WARNING and os.environ.get("SANA_DEPLOY_TRT_VERBOSE"):
-                print(f"[TRT] {msg}")
-
-    return _Logger()
 
 
 def sana_plugins_registered(trt: ModuleType) -> bool:
@@ -204,24 +187,6 @@ def plan_header(path: Path) -> dict:
         return {"magic": None, "version": None}
     major, minor, patch, build = struct.unpack_from("4B", head, 24)
     return {"magic": head[:4].decode("ascii", "replace"), "version": f"{major}.{minor}.{patch}.{build}"}
-
-
-def deserialize(trt: ModuleType, plan: bytes):
-    """An ICudaEngine, or a clear error where CUDA is missing (the library returns None, logging cudaError 35)."""
-    from sana_deploy.engines.devices import cuda_available
-
-    if not cuda_available():
-        fail(
-            "TensorRT engines need a CUDA GPU to deserialize and run; this machine has none. Run it on a GPU "
-            "machine, or use --backend onnxruntime here.",
-            EngineBuildError,
-        )
-    logger = make_logger(trt)
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(plan)
-    if engine is None:
-        fail(f"TensorRT could not deserialize the engine: {' | '.join(logger.errors)}", EngineBuildError)
-    return engine, runtime, logger
 
 
 def engine_io(engine) -> dict:

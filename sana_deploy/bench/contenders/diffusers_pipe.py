@@ -22,8 +22,8 @@ from statistics import median
 
 import torch
 
-from sana_deploy.bench.backends.base import Backend, CaseContext, Prepared, RunTimes
 from sana_deploy.bench.case import NEGATIVE_PROMPT, PROMPT, BenchCase
+from sana_deploy.bench.contenders.base import CaseContext, Contender, Prepared, RunTimes
 from sana_deploy.errors import fail
 from sana_deploy.models.components import SanaComponents
 
@@ -115,7 +115,7 @@ def _uninstrument(pipe) -> None:  # noqa: ANN001
         obj.__dict__.pop(name, None)
 
 
-class DiffusersBackend(Backend):
+class DiffusersEager(Contender):
     name = "diffusers-eager"
     description = "diffusers SanaPipeline, eager"
     compile = False
@@ -183,7 +183,7 @@ def _times(clock: _StageClock, start: float, end: float, case: BenchCase, labels
     return RunTimes(ms, steps, "one-graph", used)
 
 
-class TorchCompileBackend(DiffusersBackend):
+class DiffusersCompiled(DiffusersEager):
     name = "torch-compile"
     description = "diffusers SanaPipeline with torch.compile (transformer, VAE decoder)"
     compile = True

@@ -8,12 +8,12 @@ Options (``torch[kernels=reference,split=0]``):
 
 from __future__ import annotations
 
-from sana_deploy.bench.backends.base import CaseContext, PipelineBackend, Prepared
-from sana_deploy.runtime.loading import default_kernels
+from sana_deploy.bench.contenders.base import CaseContext, PipelineContender, Prepared
+from sana_deploy.runtime.assemble import default_kernels
 from sana_deploy.runtime.pipeline import SanaDeployPipeline
 
 
-class TorchBackend(PipelineBackend):
+class TorchContender(PipelineContender):
     name = "torch"
     description = "SanaDeployPipeline over sana-deploy's PyTorch modules, eager, our kernels"
     option_names = ("kernels", "split")

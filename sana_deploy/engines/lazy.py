@@ -14,10 +14,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
+from sana_deploy.engines.backends import trt_common
 from sana_deploy.engines.backends.base import Backend, BuildJob, BuildOutput
 from sana_deploy.engines.backends.onnxruntime import choose_providers
 from sana_deploy.engines.cache import EngineCache
-from sana_deploy.engines.entry import EngineEntry, read_meta
+from sana_deploy.engines.records import EngineEntry, read_meta
 from sana_deploy.errors import fail
 from sana_deploy.runners import AotiRunner, OrtOptions, OrtRunner, Runner, TrtRunner
 from sana_deploy.runners.base import shapes_from_meta
@@ -159,9 +160,10 @@ def runner_for(entry: EngineEntry) -> Runner:
         import importlib
 
         trt = importlib.import_module("tensorrt" if entry.backend == "tensorrt" else "tensorrt_rtx")
-        refit = (
-            (meta["onnx_path"], bool(info.get("plugin_nodes", False))) if meta["flags"].get("strip_weights") else None
-        )
+        refit = None
+        if meta["flags"].get("strip_weights"):  # refit from the same (inlined) ONNX the plan was built from
+            data = trt_common.onnx_for_parser(meta["onnx_path"], bool(info.get("plugin_nodes", False)))
+            refit = (data, meta["onnx_path"])
         return TrtRunner(
             entry.artifact,
             trt,

@@ -2,7 +2,7 @@
 build/compile/export work (timed apart) and returns one callable that runs the case's request once.
 
 Every backend but the diffusers baselines is a factory of the product's :class:`SanaDeployPipeline`
-(:class:`PipelineBackend`): one timed run is one ``pipe(...)`` call, and the stage times are the pipeline's own
+(:class:`PipelineContender`): one timed run is one ``pipe(...)`` call, and the stage times are the pipeline's own
 (``SanaDeployOutput.seconds`` and ``.step_seconds``). Nothing in the benchmark runs a denoising step itself.
 """
 
@@ -33,7 +33,7 @@ def flag(options: dict[str, str], key: str, default: bool) -> bool:
     if value is None:
         return default
     if value.lower() not in _OFF + _ON:
-        fail(f"Backend option {key}={value!r}: use 1 or 0.")
+        fail(f"Contender option {key}={value!r}: use 1 or 0.")
     return value.lower() in _ON
 
 
@@ -99,7 +99,7 @@ class CaseContext:
         return self._engine_model
 
 
-class Backend(ABC):
+class Contender(ABC):
     """Subclasses set ``name`` and implement :meth:`unavailable` and :meth:`prepare`."""
 
     name = ""
@@ -162,7 +162,7 @@ def run_pipeline(pipe: SanaDeployPipeline, case: BenchCase, output_type: str | N
     return pipeline_times(out)
 
 
-class PipelineBackend(Backend):
+class PipelineContender(Contender):
     """A backend that is a factory of :class:`SanaDeployPipeline`; option ``split`` (default 1) chooses the
     caption K/V split (``kv_cache=True``) or the one-graph transformer (``split=0``)."""
 
@@ -198,9 +198,9 @@ class PipelineBackend(Backend):
 
 
 __all__ = [
-    "Backend",
+    "Contender",
     "CaseContext",
-    "PipelineBackend",
+    "PipelineContender",
     "Prepared",
     "RunTimes",
     "flag",

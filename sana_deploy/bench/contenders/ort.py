@@ -14,8 +14,8 @@ The export is the build step: cached under the work folder, keyed by the weights
 
 from __future__ import annotations
 
-from sana_deploy.bench.backends.base import CaseContext, PipelineBackend, Prepared, flag
 from sana_deploy.bench.case import BenchCase
+from sana_deploy.bench.contenders.base import CaseContext, PipelineContender, Prepared, flag
 from sana_deploy.contract import pipeline_components
 from sana_deploy.errors import fail
 from sana_deploy.export import ensure_export
@@ -43,7 +43,7 @@ def ort_options(options: dict[str, str], profile_prefix: str | None = None) -> O
     )
 
 
-class OrtBackend(PipelineBackend):
+class OrtContender(PipelineContender):
     name = "onnxruntime"
     description = "SanaDeployPipeline over our ONNX exports in ONNX Runtime"
     option_names = ("opt", "threads", "inter", "spin", "mode", "split", "profile")

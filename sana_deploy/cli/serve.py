@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from sana_deploy.cli import PRECISIONS, main, model_option, random_weights_option
+from sana_deploy.cli.options import PRECISIONS, model_option, random_weights_option
 from sana_deploy.contract import MISS_POLICIES, parse_profiles
 from sana_deploy.runtime.generate import GenerateRequest
 from sana_deploy.runtime.providers import RUNTIME_BACKENDS
@@ -16,7 +16,7 @@ from sana_deploy.runtime.providers import RUNTIME_BACKENDS
 _GENERATE_ON_MISS = next(f.default for f in dataclasses.fields(GenerateRequest) if f.name == "on_miss")
 
 
-@main.command()
+@click.command()
 @model_option
 @random_weights_option
 @click.option(
@@ -78,8 +78,8 @@ def serve(
     gpus_per_replica,
 ) -> None:
     """OpenAI-compatible POST /v1/images/generations (+ /health, /metrics) on uvicorn or Ray Serve."""
-    from sana_deploy.serve.pipeline import load_pipeline
     from sana_deploy.serve.settings import default_settings
+    from sana_deploy.serve.shared import load_pipeline
 
     settings = default_settings(
         model,
@@ -115,7 +115,7 @@ def serve(
     http.serve_http(ImageService(factory(), settings), host, port)
 
 
-@main.command("export-triton")
+@click.command("export-triton")
 @click.argument("repo_dir", type=click.Path(path_type=Path))
 @model_option
 @random_weights_option

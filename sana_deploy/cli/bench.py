@@ -7,12 +7,12 @@ from pathlib import Path
 
 import click
 
-from sana_deploy.bench.backends import BACKENDS
 from sana_deploy.bench.case import STAGES
-from sana_deploy.cli import PRECISIONS, main, model_option
+from sana_deploy.bench.contenders import CONTENDERS
+from sana_deploy.cli.options import PRECISIONS, model_option
 
 
-@main.command()
+@click.command()
 @model_option
 @click.option(
     "--profiles",
@@ -24,7 +24,7 @@ from sana_deploy.cli import PRECISIONS, main, model_option
     "--backends",
     default="torch,onnxruntime,aoti",
     show_default=True,
-    help=f"Comma-separated, from {', '.join(BACKENDS)}; options as name[key=value,...]. "
+    help=f"Comma-separated, from {', '.join(CONTENDERS)}; options as name[key=value,...]. "
     "diffusers-eager (the baseline) is always added.",
 )
 @click.option("--steps", default=20, show_default=True, type=int, help="Denoising steps of every request.")

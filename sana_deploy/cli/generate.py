@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from sana_deploy.cli import PRECISIONS, main, model_option, preset_option, random_weights_option
+from sana_deploy.cli.options import PRECISIONS, model_option, preset_option, random_weights_option
 from sana_deploy.contract import MISS_POLICIES
 from sana_deploy.errors import fail
 from sana_deploy.runtime.generate import GenerateRequest, generate_images
@@ -14,7 +14,7 @@ from sana_deploy.runtime.providers import RUNTIME_BACKENDS
 from sana_deploy.runtime.solvers import SAMPLERS
 
 
-@main.command()
+@click.command()
 @click.argument("prompt", required=False)
 @click.option(
     "--prompts",

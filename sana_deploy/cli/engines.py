@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from sana_deploy.cli import PRECISIONS, main, model_option, preset_option, random_weights_option
+from sana_deploy.cli.options import PRECISIONS, model_option, preset_option, random_weights_option
 from sana_deploy.engines.backends import BACKEND_CHOICES, BACKENDS, not_runnable_note
 
 DEFAULT_ENGINE_DIR = Path("engines")
@@ -33,7 +33,7 @@ def _csv(values: str | None) -> tuple[str, ...] | None:
     return tuple(v.strip() for v in values.split(",") if v.strip()) if values else None
 
 
-@main.command()
+@click.command()
 @model_option
 @preset_option
 @random_weights_option
@@ -111,7 +111,7 @@ def build(
         click.echo(note)
 
 
-@main.group()
+@click.group()
 def engines() -> None:
     """List, inspect, verify and prune cached engines."""
 

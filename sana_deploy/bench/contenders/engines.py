@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import torch
 
-from sana_deploy.bench.backends.base import CaseContext, PipelineBackend, Prepared
 from sana_deploy.bench.case import DECODE_STAGES, BenchCase
+from sana_deploy.bench.contenders.base import CaseContext, PipelineContender, Prepared
 from sana_deploy.contract import pipeline_components
 from sana_deploy.errors import SanaDeployError
 from sana_deploy.runtime.pipeline import SanaDeployPipeline
 
 
-class EngineBackend(PipelineBackend):
+class EngineContender(PipelineContender):
     name = "tensorrt"
     description = "SanaDeployPipeline over TensorRT engines with the sana plugins"
     option_names = ("split",)
@@ -84,12 +84,12 @@ class EngineBackend(PipelineBackend):
         return pipe, Prepared(notes=notes, build_cached=cached, missing=missing)
 
 
-class AotiBackend(EngineBackend):
+class AotiContender(EngineContender):
     name = "aoti"
     description = "SanaDeployPipeline over AOTInductor packages"
     needs_cuda = False
 
 
-class EngineRtxBackend(EngineBackend):
+class RtxContender(EngineContender):
     name = "tensorrt-rtx"
     description = "SanaDeployPipeline over TensorRT-RTX engines (plugin-less: sana functions inlined)"

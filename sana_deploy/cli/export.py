@@ -1,0 +1,63 @@
+"""``sana-deploy models`` and ``sana-deploy export``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from sana_deploy.cli.options import PRECISIONS, model_option, preset_option, random_weights_option
+from sana_deploy.contract import parse_components
+from sana_deploy.export import export_model
+from sana_deploy.models.config import PRESETS
+from sana_deploy.models.loaders import load_components
+
+
+@click.command()
+def models() -> None:
+    """List the model presets with their dimensions."""
+    cols = f"{'depth':>6}{'hidden':>8}{'heads':>7}{'cross':>9}{'ffn':>7}{'res':>6}{'PE':>8}{'shift':>6}"
+    click.echo(f"{'preset':<22}{cols}  dtype")
+    for p in PRESETS.values():
+        t = p.transformer
+        pe = f"x{t.interpolation_scale:g}" if t.use_pe else "none"
+        cross = f"{t.num_cross_attention_heads}x{t.cross_attention_head_dim}"
+        click.echo(
+            f"{p.name:<22}{t.num_layers:>6}{t.hidden_size:>8}{t.num_attention_heads:>7}{cross:>9}{t.ffn_hidden:>7}"
+            f"{p.resolution:>6}{pe:>8}{p.flow_shift:>6g}  {p.dtype}" + ("  qk-norm" if t.qk_norm else "")
+        )
+
+
+@click.command()
+@model_option
+@preset_option
+@random_weights_option
+@click.option(
+    "--components",
+    default="transformer,vae,text-encoder",
+    show_default=True,
+    help="Comma-separated: transformer, vae, text-encoder.",
+)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder [export/<model>].")
+@click.option("--no-parity", is_flag=True, help="Skip the ONNX Runtime vs PyTorch parity check.")
+def export(
+    model: str,
+    preset: str | None,
+    random_weights: bool,
+    components: str,
+    precision: str,
+    out: Path | None,
+    no_parity: bool,
+) -> None:
+    """Export Sana components to ONNX (dynamic batch/resolution/text length) and check parity."""
+
+    names = parse_components(components)
+    loaded = load_components(model, names, preset=preset, random_weights=random_weights)
+    click.echo(f"model: {loaded.model_id} ({loaded.source})")
+    results = export_model(loaded, names, precision, out, parity=not no_parity)
+    click.echo("\nParity report (ONNX Runtime vs PyTorch):")
+    for r in results:
+        click.echo(f"{r.component} [{r.precision}] -> {r.path}  ({r.seconds:.1f}s)")
+        for p in r.parity:
+            click.echo(f"  {p}")
