@@ -14,7 +14,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCOPE = ("sana_deploy", "docs", "benchmarks", "cpp", "tests", "README.md")
-FORBIDDEN = re.compile(r"shared/reference|helper_notes|\bissue\s+#?\d+\b", re.IGNORECASE)
+FORBIDDEN = re.compile(
+    r"shared/reference|helper_notes|reference §|sana-model\.md|peers\.md|style\.md|\bissue\s+#?\d+\b", re.IGNORECASE
+)
 
 
 def _tracked_files() -> list[Path]:
@@ -28,11 +30,6 @@ def _tracked_files() -> list[Path]:
     return [ROOT / p for p in out.split("\0") if p and (ROOT / p).resolve() != this]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="sana_deploy/bench/pipeline.py and bench/backends/{aoti,engines}.py still cite private notes / "
-    "tracker issues; they are being deleted or rewritten. Drop this mark once they are gone.",
-)
 def test_no_private_references() -> None:
     hits = []
     for path in _tracked_files():

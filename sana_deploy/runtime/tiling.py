@@ -1,6 +1,6 @@
 """Tiled DC-AE decode: overlapping latent tiles, blended in pixel space, so peak memory follows the tile.
 
-A plain 4096² DC-AE decode keeps several 128-channel 4096² activations alive (≈4 GB each in bf16; reference §2),
+A plain 4096² DC-AE decode keeps several 128-channel 4096² activations alive (≈4 GB each in bf16; docs/SANA.md#dc-ae),
 far beyond 16 GB. Here the decoder only ever sees ``tile``×``tile`` latents; the output image and one weight
 plane are the only full-size buffers. Every tile has the same shape (the last row/column is snapped to the
 image edge), so a static VAE engine covers all of them.

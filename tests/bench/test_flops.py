@@ -1,4 +1,4 @@
-"""The analytic FLOP count against the reference's budget (sana-model.md §6) and hand arithmetic."""
+"""The analytic FLOP count against the estimate in docs/SANA.md (flop-estimate) and hand arithmetic."""
 
 from __future__ import annotations
 

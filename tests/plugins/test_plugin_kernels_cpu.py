@@ -1,6 +1,6 @@
 """Triton kernels vs their PyTorch references in Triton's CPU interpreter (a TRITON_INTERPRET=1 child process).
 
-Tolerance (style.md): kernel error vs the fp32 reference (computed on the upcast inputs) <= 2x PyTorch's own error
+Tolerance: kernel error vs the fp32 reference (computed on the upcast inputs) <= 2x PyTorch's own error
 (the reference run in the low dtype) + a small floor, so fp32 cases are held to ~1e-5 relative.
 """
 
