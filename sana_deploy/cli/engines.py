@@ -42,7 +42,17 @@ def _csv(values: str | None) -> tuple[str, ...] | None:
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
 @click.option("--max-batch", type=int, default=1, show_default=True, help="Images per request (engines take 2x: CFG).")
 @click.option("--static", is_flag=True, help="One exact shape per profile (base x base, batch 2 x max-batch).")
-@click.option("--components", default="transformer,vae,text-encoder", show_default=True)
+@click.option(
+    "--components",
+    default=None,
+    help="Comma-separated [what the pipeline runs: text-encoder, transformer-text, transformer-cached, vae; with "
+    "--no-kv-cache the one-graph transformer instead of the split pair].",
+)
+@click.option(
+    "--no-kv-cache",
+    is_flag=True,
+    help="Build the one-graph transformer instead of the caption K/V split (when --components is not given).",
+)
 @click.option("--engine-dir", type=click.Path(path_type=Path), default=DEFAULT_ENGINE_DIR, show_default=True)
 @click.option("--export-dir", type=click.Path(path_type=Path), default=None, help="ONNX exports [export/<model>].")
 @click.option("--opt-level", type=click.IntRange(0, 5), default=None, help="TensorRT builder optimisation level.")
@@ -67,6 +77,7 @@ def build(
     strip_weights: bool,
     targets: str | None,
     plugins: tuple[Path, ...],
+    no_kv_cache: bool,
 ) -> None:
     """Build engines for resolution profiles (exports first if needed); cached engines are reused."""
     from sana_deploy.engines.backends import BuildOptions
@@ -92,6 +103,7 @@ def build(
         options=options,
         preset=preset,
         random_weights=random_weights,
+        kv_cache=not no_kv_cache,
     )
     rows = [
         [

@@ -66,6 +66,11 @@ from sana_deploy.runtime.solvers import SAMPLERS
 @click.option("--vae-tiling", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
 @click.option("--vae-tile", type=int, default=1024, show_default=True, help="VAE tile size in pixels.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option(
+    "--no-kv-cache",
+    is_flag=True,
+    help="Run the one-graph transformer (caption K/V recomputed every step) instead of the default split.",
+)
 def generate(
     prompt: str | None,
     prompts_file: Path | None,
@@ -89,6 +94,7 @@ def generate(
     vae_tiling: str,
     vae_tile: int,
     no_progress: bool,
+    no_kv_cache: bool,
 ) -> None:
     """Generate images from PROMPT (or --prompts FILE) and write PNGs."""
     prompts = [prompt] if prompt else []
@@ -118,6 +124,7 @@ def generate(
         vae_tiling={"auto": None, "on": True, "off": False}[vae_tiling],
         vae_tile=vae_tile,
         progress=not no_progress,
+        kv_cache=not no_kv_cache,
     )
     for line in generate_images(request):
         click.echo(line)

@@ -57,6 +57,11 @@ _GENERATE_ON_MISS = next(f.default for f in dataclasses.fields(GenerateRequest) 
 @click.option("--ray", "use_ray", is_flag=True, help="Deploy on Ray Serve instead of a single uvicorn process.")
 @click.option("--replicas", default=1, show_default=True, type=int, help="Ray Serve replicas (with --ray).")
 @click.option("--gpus-per-replica", default=0.0, show_default=True, type=float)
+@click.option(
+    "--no-kv-cache",
+    is_flag=True,
+    help="Run the one-graph transformer (caption K/V recomputed every step) instead of the default split.",
+)
 def serve(
     model,
     random_weights,
@@ -76,6 +81,7 @@ def serve(
     use_ray,
     replicas,
     gpus_per_replica,
+    no_kv_cache,
 ) -> None:
     """OpenAI-compatible POST /v1/images/generations (+ /health, /metrics) on uvicorn or Ray Serve."""
     from sana_deploy.serve.settings import default_settings
@@ -99,6 +105,7 @@ def serve(
         random_weights=random_weights,
         backend=backend,
         precision=precision,
+        kv_cache=not no_kv_cache,
     )
     if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         click.secho(f"warning: serving on {host} without an API key", fg="yellow", err=True)

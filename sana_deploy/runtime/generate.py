@@ -41,6 +41,7 @@ class GenerateRequest:
     vae_tiling: bool | None = None
     vae_tile: int = 1024
     progress: bool = True
+    kv_cache: bool = True  # the caption K/V split (False: the one-graph transformer)
 
 
 def build_pipeline(req: GenerateRequest) -> SanaDeployPipeline:
@@ -51,7 +52,13 @@ def build_pipeline(req: GenerateRequest) -> SanaDeployPipeline:
         backend = "engines" if engine_cache_has(EngineCache(req.engine_dir), model_dirname(str(req.model))) else "torch"
     if backend == "torch":
         return SanaDeployPipeline.from_model(
-            req.model, "torch", req.precision, random_weights=req.random_weights, preset=req.preset, tiling=tiling
+            req.model,
+            "torch",
+            req.precision,
+            random_weights=req.random_weights,
+            preset=req.preset,
+            tiling=tiling,
+            kv_cache=req.kv_cache,
         )
     return SanaDeployPipeline.from_engines(
         req.engine_dir,
@@ -61,6 +68,7 @@ def build_pipeline(req: GenerateRequest) -> SanaDeployPipeline:
         on_miss=req.on_miss,
         random_weights=req.random_weights,
         tiling=tiling,
+        kv_cache=req.kv_cache,
     )
 
 

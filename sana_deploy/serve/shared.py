@@ -156,6 +156,7 @@ def load_pipeline(
     random_weights: bool = False,
     backend: str = "auto",
     precision: str = "fp32",
+    kv_cache: bool = True,
 ) -> ImagePipeline:
     """The pipeline ``sana-deploy generate`` would build for the same options (``build_pipeline``): by default
     the model's engines in ``engines/`` when it has any (``backend="auto"``), else the PyTorch model; a size no
@@ -168,6 +169,7 @@ def load_pipeline(
         precision=precision,
         engine_dir=Path(engine_dir or "engines"),
         progress=False,
+        kv_cache=kv_cache,
     )
     if miss_policy is not None:
         req.on_miss = miss_policy
