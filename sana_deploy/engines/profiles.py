@@ -4,7 +4,9 @@ A profile named by its base resolution (512, 1024, 2048, 4096) covers every aspe
 bins to at that base (diffusers' ``ASPECT_RATIO_*_BIN`` tables) as min/opt/max sizes of the named dynamic axes
 of the exported graphs: ``batch`` (1 .. 2×max-batch: classifier-free guidance doubles it), ``latent_h`` and
 ``latent_w`` (pixels / 32), ``text_len`` (the transformer's caption length) and ``seq`` (the text encoder's
-tokens, room for Sana's complex human instruction). A static profile is one exact shape.
+tokens, room for Sana's complex human instruction). A static profile fixes the image size and the text lengths
+but keeps the batch a range (1 .. 2×max-batch), so one engine runs the CFG-doubled transformer batch and the
+DC-AE decode at batch 1 alike.
 
 Profiles know nothing about a model: :meth:`Profile.input_shapes` resolves them against the input patterns of
 an export manifest (``["batch", 32, "latent_h", "latent_w"]``), which is what engines are built with.
@@ -19,7 +21,7 @@ from sana_deploy.contract import PROFILE_BASES, SIZE_FREE_COMPONENTS, bucket_siz
 from sana_deploy.errors import ShapeError, fail
 from sana_deploy.models.config import TEXT_MAX_LENGTH, VAE_SCALE
 
-# Gemma-2 sees the complex human instruction + 298 prompt tokens (reference sana-model.md, CHI): ~550 tokens with
+# Gemma-2 sees the complex human instruction + 298 prompt tokens (docs/SANA.md#text-encoder): ~550 tokens with
 # Gemma's tokenizer, ~1360 with sana-tiny's byte tokenizer. 2048 covers both.
 TEXT_ENCODER_MAX_SEQ = 2048
 RESOLUTION_AXES = ("latent_h", "latent_w")
@@ -89,15 +91,21 @@ class Profile:
 
     @classmethod
     def exact(cls, height: int, width: int, batch: int, name: str | None = None) -> Profile:
-        """A static profile of one image size and engine batch (text lengths fixed at their maxima)."""
+        """A static profile: one image size, text lengths fixed at their maxima, engine batch 1 .. ``batch``.
+
+        The batch stays a range because one engine serves two batches per request: the transformer's CFG batch
+        (2 × images) and the DC-AE decode (1 × images). Backends specialise every axis whose min == max.
+        """
         for what, v in (("height", height), ("width", width)):
             if v <= 0 or v % VAE_SCALE:
                 fail(f"{what} {v} must be a positive multiple of {VAE_SCALE} (the DC-AE's downsampling).", ShapeError)
+        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+            fail(f"batch must be a positive integer (the largest engine batch), got {batch!r}.", ShapeError)
         one = lambda v: ShapeTuple(v, v, v)  # noqa: E731
         return cls(
             name=name or f"{height}x{width}-b{batch}",
             axes={
-                "batch": one(batch),
+                "batch": ShapeTuple(1, batch, batch),
                 "latent_h": one(height // VAE_SCALE),
                 "latent_w": one(width // VAE_SCALE),
                 "text_len": one(TEXT_MAX_LENGTH),

@@ -93,6 +93,21 @@ def test_onnxruntime_vae_matches_pytorch(ort_engines, tiny, base):
         assert rel_err(out, ref["sample"]) <= 1e-5, (base, h, w, b)
 
 
+def test_onnxruntime_static_profile_pins_the_size_not_the_batch(export_root, tmp_path, tiny):
+    """A static profile pins the image size in the optimised graph; the batch stays free (1 .. 2 x max-batch)."""
+    (entry,) = build_engines(
+        "sana-tiny", "512", backend="onnxruntime", components="vae", static=True, engine_dir=tmp_path,
+        export_root=export_root, progress=False,
+    )  # fmt: skip
+    found = EngineCache(tmp_path).find("sana-tiny", "vae", 512, 512, 1, backend="onnxruntime")
+    assert found is not None and found.key == entry.key
+    assert EngineCache(tmp_path).find("sana-tiny", "vae", 384, 640, 1, backend="onnxruntime") is None
+    for b in (1, 2):
+        inputs, ref = torch_reference(tiny, "vae", pixel_sizes("vae", 512, 512, b), seed=2)
+        out = load_runner(entry)(**inputs)["sample"]
+        assert out.shape == (b, 3, 512, 512) and rel_err(out, ref["sample"]) <= 1e-5, b
+
+
 def test_onnxruntime_text_encoder_matches_pytorch(ort_engines, tiny):
     cache = EngineCache(ort_engines[0])
     for seq, b in ((300, 2), (77, 1)):
@@ -182,14 +197,19 @@ def test_aoti_text_encoder(export_root, tmp_path, tiny, base):
 
 @pytest.mark.slow
 def test_aoti_vae_static_matches_and_dynamic_is_checked(export_root, tmp_path, tiny):
-    """Static VAE packages match PyTorch. Dynamic ones are miscompiled by Inductor on torch 2.13 CPU (output height
+    """Static VAE packages (one size, batch 1..2 traced dynamic) match PyTorch at both batches and serve the
+    pipeline's decode at batch 1. Dynamic-size ones are miscompiled by Inductor on torch 2.13 CPU (output height
     stuck at the traced size); the build's self-check must refuse them rather than cache a wrong package."""
     (entry,) = build_engines(
         "sana-tiny", "512", backend="aoti", components="vae", static=True, engine_dir=tmp_path,
         export_root=export_root, progress=False,
     )  # fmt: skip
-    inputs, ref = torch_reference(tiny, "vae", pixel_sizes("vae", 512, 512, 2), seed=5)
-    assert rel_err(load_runner(entry)(**inputs)["sample"], ref["sample"]) <= 1e-5
+    assert entry.meta["info"]["self_check"]["sizes"]["batch"] == 1  # checked away from the traced batch 2
+    found = EngineCache(tmp_path).find("sana-tiny", "vae", 512, 512, 1, backend="aoti")
+    assert found is not None and found.key == entry.key
+    for b in (1, 2):
+        inputs, ref = torch_reference(tiny, "vae", pixel_sizes("vae", 512, 512, b), seed=5)
+        assert rel_err(load_runner(entry)(**inputs)["sample"], ref["sample"]) <= 1e-5, b
     try:
         (dyn,) = build_engines(
             "sana-tiny", "512", backend="aoti", components="vae", engine_dir=tmp_path, export_root=export_root,

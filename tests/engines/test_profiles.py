@@ -4,7 +4,7 @@ import pytest
 
 from sana_deploy.contract import bucket_sizes
 from sana_deploy.engines import PROFILE_BASES, Profile, parse_profiles
-from sana_deploy.engines.profiles import profile_for_request
+from sana_deploy.engines.profiles import ShapeTuple, profile_for_request
 from sana_deploy.errors import ShapeError
 
 
@@ -42,12 +42,30 @@ def test_input_shapes_resolve_against_manifest_patterns():
     assert shapes["encoder_attention_mask"].max == (4, 300)
 
 
-def test_static_profile_is_one_shape():
+def test_static_profile_is_one_size_with_a_batch_range():
+    """Static: one image size and fixed text lengths; the batch stays 1 .. 2 x max-batch so the same profile
+    covers the transformer's CFG batch and the DC-AE decode at batch 1."""
     p = Profile.from_base(1024, max_batch=1, static=True)
     assert p.static and p.name == "1024-static"
-    assert p.covers(1024, 1024, 2)
-    assert not p.covers(1024, 1024, 1) and not p.covers(1024, 768, 2)
+    assert p.axes["batch"] == ShapeTuple(1, 2, 2)
+    assert all(p.axes[a].min == p.axes[a].max for a in ("latent_h", "latent_w", "text_len", "seq"))
+    assert p.covers(1024, 1024, 2) and p.covers(1024, 1024, 1)
+    assert p.covers(1024, 1024, 1, component="vae")
+    assert not p.covers(1024, 768, 2) and not p.covers(1024, 1024, 3)
+    assert p.describe("vae") == "1024 x 1024 px, batch 1-2"
     assert Profile.from_json(p.to_json()) == p and hash(Profile.from_json(p.to_json())) == hash(p)
+    p4 = Profile.from_base(512, max_batch=2, static=True)
+    assert p4.axes["batch"] == ShapeTuple(1, 4, 4) and p4.covers(512, 512, 3) and not p4.covers(512, 512, 5)
+
+
+def test_exact_profile():
+    p = Profile.exact(384, 640, 4)
+    assert p.static and p.name == "384x640-b4" and p.axes["batch"] == ShapeTuple(1, 4, 4)
+    assert p.covers(384, 640, 1) and p.covers(384, 640, 4) and not p.covers(640, 384, 1)
+    with pytest.raises(ShapeError, match="multiple of 32"):
+        Profile.exact(500, 512, 2)
+    with pytest.raises(ShapeError, match="batch must be a positive integer"):
+        Profile.exact(512, 512, 0)
 
 
 @pytest.mark.parametrize(

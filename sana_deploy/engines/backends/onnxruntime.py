@@ -2,8 +2,9 @@
 
 The CPU engine of CI machines and the fallback everywhere. Execution providers: TensorRT, then CUDA, then CPU, as
 installed (``onnxruntime-gpu``); the artifact is optimised at the ``extended`` level, which stays portable across
-providers (``all`` adds CPU-layout-specific nodes). A static profile pins the free dimensions so the optimiser can
-specialise shapes. ONNX Runtime runs any shape, but lookups still honour the profile, like every backend.
+providers (``all`` adds CPU-layout-specific nodes). A static profile pins its fixed free dimensions (all but the
+batch) so the optimiser can specialise shapes. ONNX Runtime runs any shape, but lookups still honour the profile,
+like every backend.
 """
 
 from __future__ import annotations
@@ -56,9 +57,10 @@ class OnnxRuntimeBackend(Backend):
         if len(job.manifest.get("files", [])) > 1:  # external data in, external data out
             so.add_session_config_entry("session.optimized_model_external_initializers_file_name", ARTIFACT + ".data")
             so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-        if job.profile.static:
+        if job.profile.static:  # pin the fixed axes (size, text lengths); the batch stays a range
             for axis, t in job.profile.axes.items():
-                so.add_free_dimension_override_by_name(axis, int(t.opt))
+                if t.min == t.max:
+                    so.add_free_dimension_override_by_name(axis, int(t.opt))
         job.progress(f"optimising with {providers[0]}")
         try:  # the session saves the optimised graph; TensorRT EP engines are built at load time instead
             ort_session(
