@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from sana_deploy.contract import check_base, parse_profiles
 from sana_deploy.errors import fail
 from sana_deploy.models.config import TEXT_MAX_LENGTH, VAE_SCALE
@@ -80,6 +82,19 @@ class BenchCase:
     @property
     def label(self) -> str:
         return f"{self.model} {self.height}x{self.width}"
+
+    def request(self) -> dict:
+        """The arguments of the case's request that every pipeline (ours and diffusers') takes alike; resolution
+        binning is off (ours: ``resolution_binning``, diffusers: ``use_resolution_binning``)."""
+        return {
+            "prompt": PROMPT,
+            "negative_prompt": NEGATIVE_PROMPT,
+            "height": self.height,
+            "width": self.width,
+            "num_inference_steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "generator": torch.Generator().manual_seed(self.seed),
+        }
 
     def record(self) -> dict:
         """The case as it goes into the result JSON."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from sana_deploy.cli.options import PRECISIONS, model_option, preset_option, random_weights_option
+from sana_deploy.cli.options import PRECISIONS, kv_cache_option, model_option, preset_option, random_weights_option
 from sana_deploy.contract import MISS_POLICIES
 from sana_deploy.errors import fail
 from sana_deploy.runtime.generate import GenerateRequest, generate_images
@@ -66,11 +66,7 @@ from sana_deploy.runtime.solvers import SAMPLERS
 @click.option("--vae-tiling", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
 @click.option("--vae-tile", type=int, default=1024, show_default=True, help="VAE tile size in pixels.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option(
-    "--no-kv-cache",
-    is_flag=True,
-    help="Run the one-graph transformer (caption K/V recomputed every step) instead of the default split.",
-)
+@kv_cache_option
 def generate(
     prompt: str | None,
     prompts_file: Path | None,

@@ -32,4 +32,14 @@ def random_weights_option(f: Callable) -> Callable:
     )(f)
 
 
-__all__ = ["PRECISIONS", "model_option", "preset_option", "random_weights_option"]
+def kv_cache_option(f: Callable) -> Callable:
+    """``--no-kv-cache``: the one-graph transformer instead of the caption K/V split (the command gets
+    ``no_kv_cache``)."""
+    return click.option(
+        "--no-kv-cache",
+        is_flag=True,
+        help="Run the one-graph transformer (caption K/V recomputed every step) instead of the default split.",
+    )(f)
+
+
+__all__ = ["PRECISIONS", "kv_cache_option", "model_option", "preset_option", "random_weights_option"]

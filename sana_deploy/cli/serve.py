@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from sana_deploy.cli.options import PRECISIONS, model_option, random_weights_option
+from sana_deploy.cli.options import PRECISIONS, kv_cache_option, model_option, random_weights_option
 from sana_deploy.contract import MISS_POLICIES, parse_profiles
 from sana_deploy.runtime.generate import GenerateRequest
 from sana_deploy.runtime.providers import RUNTIME_BACKENDS
@@ -57,11 +57,7 @@ _GENERATE_ON_MISS = next(f.default for f in dataclasses.fields(GenerateRequest) 
 @click.option("--ray", "use_ray", is_flag=True, help="Deploy on Ray Serve instead of a single uvicorn process.")
 @click.option("--replicas", default=1, show_default=True, type=int, help="Ray Serve replicas (with --ray).")
 @click.option("--gpus-per-replica", default=0.0, show_default=True, type=float)
-@click.option(
-    "--no-kv-cache",
-    is_flag=True,
-    help="Run the one-graph transformer (caption K/V recomputed every step) instead of the default split.",
-)
+@kv_cache_option
 def serve(
     model,
     random_weights,

@@ -15,9 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
 
-import torch
-
-from sana_deploy.bench.case import DECODE_STAGES, NEGATIVE_PROMPT, PROMPT, BenchCase
+from sana_deploy.bench.case import DECODE_STAGES, BenchCase
 from sana_deploy.contract import model_dirname
 from sana_deploy.errors import fail
 from sana_deploy.models.components import SanaComponents
@@ -148,17 +146,7 @@ def pipeline_times(out: SanaDeployOutput) -> RunTimes:
 
 def run_pipeline(pipe: SanaDeployPipeline, case: BenchCase, output_type: str | None = None) -> RunTimes:
     """The case's request, once: fixed prompt, seed, steps and CFG, ``profile``×``profile`` without binning."""
-    out = pipe(
-        PROMPT,
-        negative_prompt=NEGATIVE_PROMPT,
-        height=case.height,
-        width=case.width,
-        num_inference_steps=case.steps,
-        guidance_scale=case.guidance_scale,
-        generator=torch.Generator().manual_seed(case.seed),
-        resolution_binning=False,
-        output_type=output_type or case.output_type,
-    )
+    out = pipe(**case.request(), resolution_binning=False, output_type=output_type or case.output_type)
     return pipeline_times(out)
 
 

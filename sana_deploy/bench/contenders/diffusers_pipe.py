@@ -22,7 +22,7 @@ from statistics import median
 
 import torch
 
-from sana_deploy.bench.case import NEGATIVE_PROMPT, PROMPT, BenchCase
+from sana_deploy.bench.case import BenchCase
 from sana_deploy.bench.contenders.base import CaseContext, Contender, Prepared, RunTimes
 from sana_deploy.errors import fail
 from sana_deploy.models.components import SanaComponents
@@ -144,13 +144,7 @@ class DiffusersEager(Contender):
             clock.steps.clear()
             start = clock.now()
             pipe(
-                PROMPT,
-                negative_prompt=NEGATIVE_PROMPT,
-                height=case.height,
-                width=case.width,
-                num_inference_steps=case.steps,
-                guidance_scale=case.guidance_scale,
-                generator=torch.Generator().manual_seed(case.seed),
+                **case.request(),
                 use_resolution_binning=False,
                 output_type=case.output_type,
                 callback_on_step_end=clock.on_step_end,
