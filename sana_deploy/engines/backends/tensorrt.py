@@ -2,7 +2,8 @@
 
 Written against the real API and sharing its build path with ``tensorrt-rtx`` (trt_common.py), but it cannot be
 installed on the CPU-only CI machines (pip TensorRT needs pypi.nvidia.com and a GPU), so it is not run there.
-Plugins, when present: C++ plugin libraries given with ``--plugin`` or ``SANA_DEPLOY_PLUGIN_LIBS`` are loaded, and the Python quickly-deployable plugins of
+Plugins, when present: C++ plugin libraries given with ``--plugin`` or ``SANA_DEPLOY_PLUGIN_LIBS`` are loaded,
+and the Python quickly-deployable plugins of
 ``sana_deploy.plugins.trt_plugins`` are registered when ``tensorrt.plugin`` is importable (``SANA_DEPLOY_TRT_QDP=0``
 turns that off; AOT implementations are preferred so engines run without Python where the plugin has one). With
 the ``sana`` creators registered the ONNX keeps its plugin nodes, otherwise it is inlined. The hashes of the
@@ -33,7 +34,10 @@ def plugin_libraries(options: BuildOptions) -> tuple[Path, ...]:
         paths = tuple(Path(p) for p in options.plugin_libraries)
         missing = [str(p) for p in paths if not p.exists()]
         if missing:
-            fail(f"Plugin library not found: {missing}. Check the path, or drop --plugin (the sana plugins themselves are Python plugins, registered in process).")
+            fail(
+                f"Plugin library not found: {missing}. Check the path, or drop --plugin (the sana plugins "
+                f"themselves are Python plugins, registered in process)."
+            )
         return paths
     env = os.environ.get("SANA_DEPLOY_PLUGIN_LIBS")
     if env:
