@@ -11,6 +11,7 @@ Baselines are the eager ops diffusers runs (written out here; diffusers is not n
 * Mix-FFN: ``GLUMBConv`` (NCHW 1x1 conv + SiLU, depthwise 3x3, chunk, a * SiLU(g), 1x1 conv) incl. its reshapes.
 
     python benchmarks/bench_kernels.py                      # all cases (GPU)
+    python benchmarks/bench_kernels.py --tokens 4096,16384 --dtypes bf16 --json out.json   # a subset, one file
     TRITON_INTERPRET=1 python benchmarks/bench_kernels.py --dry-run   # tiny CPU run of the harness logic
 """
 
@@ -203,6 +204,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--out-dir", default="benchmarks/results")
+    p.add_argument("--json", default=None, help="write the results to this file (default: a stamped name in --out-dir)")
     p.add_argument("--dry-run", action="store_true", help="tiny dims on CPU (Triton via TRITON_INTERPRET=1)")
     args = p.parse_args()
     args.device, args.no_triton = "cuda", False
@@ -231,9 +233,9 @@ def main() -> None:
                             flush=True,
                         )
     out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = out_dir / f"kernels-{'dry-' if args.dry_run else ''}{stamp}.json"
+    path = Path(args.json) if args.json else out_dir / f"kernels-{'dry-' if args.dry_run else ''}{stamp}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "machine": machine_info(),
         "peaks": {"hbm_bytes_s": HBM_BYTES_S, "dense_flops": PEAK_FLOPS, "gpu": "H100 SXM"},

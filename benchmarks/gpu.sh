@@ -6,6 +6,10 @@
 #   pipeline  -- end-to-end pipeline: diffusers eager vs torch + our kernels vs aoti, bf16, 20 steps.
 #
 # Usage:
+#   bash benchmarks/gpu.sh quick [--dry-run]      # ONE command for a 15-minute lease: set-up, GPU kernel tests, kernel
+#                                                 # benchmark at 4K/16K tokens, 0.6B 1024² step (diffusers eager vs
+#                                                 # torch vs aoti), one 1.6B 4096² step; <= 8 min (QUICK_BUDGET_S)
+#   bash benchmarks/gpu.sh wheels                 # here, with PyPI: download the wheels `quick` carries
 #   bash benchmarks/gpu.sh setup                  # offline install of the carried wheels (see below)
 #   bash benchmarks/gpu.sh kernels                # GPU kernel tests + kernel benchmark (no wheels needed)
 #   bash benchmarks/gpu.sh pipeline 0.6b-1024     # one case per command (each fits the device's 10-minute limit)
@@ -62,11 +66,43 @@ pipeline() {
     python benchmarks/collate.py "$RESULTS"/*.json --out "$RESULTS/collated.md" && cat "$RESULTS/collated.md"
 }
 
+# ---------------------------------------------------------------------------------------------------------------
+# quick: everything above that fits one 15-minute device lease (machine start included), in one command of at most
+# 8 minutes (QUICK_BUDGET_S, default 480). benchmarks/gpu_quick.py runs the parts, prints a table of estimates first,
+# skips a part when elapsed + its estimate would pass the budget, stops one still running at the budget, and writes
+# $OUT/summary.json (parts, estimates, actual seconds, rc, skipped) + quick.log, machine.txt, kernels.json and
+# one sana-deploy bench JSON per case (at most 8 files: the device's limit). Without $OUT: ./gpu-out.
+#   --dry-run (or QUICK_DRY_RUN=1): same plumbing on the CPU with tiny stand-ins (sana-tiny, 512, 1 step).
+#   QUICK_PARTS=aoti-0.6b: run a subset (setup,gpu-tests,kernels,step-0.6b,aoti-0.6b,step-1.6b-4k).
+# The device image has torch, triton, transformers, onnx(runtime), click, ... but no diffusers, which the random DC-AE
+# weights and the diffusers baseline need: run `bash benchmarks/gpu.sh wheels` here first and carry
+# benchmarks/wheels (git-ignored, ~7 MB). Device call:
+#   run(command="bash benchmarks/gpu.sh quick", carry=["benchmarks/wheels"], timeout_s=600)
+quick() {
+    OUT="${OUT:-$PWD/gpu-out}"
+    export OUT
+    mkdir -p "$OUT"
+    python benchmarks/gpu_quick.py quick "$@"
+}
+
+# wheels: download (here, where PyPI is reachable) the pure-Python wheels `quick` installs on the device when its
+# image lacks them: diffusers (required) and huggingface_hub (only installed there if diffusers fails to import with
+# the image's own). Versions are those tested here; see WHEELS in benchmarks/gpu_quick.py.
+wheels() {
+    mkdir -p benchmarks/wheels
+    python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_17_x86_64 -d benchmarks/wheels diffusers==0.42.1 huggingface_hub==2.4.0
+    ls -la benchmarks/wheels
+}
+
 cmd="${1:-}"
 shift || true
 case "$cmd" in
     setup) setup "$@" ;;
     kernels) kernels "$@" ;;
     pipeline) pipeline "$@" ;;
-    *) echo "usage: bash benchmarks/gpu.sh {setup|kernels [bench_kernels.py options]|pipeline CASE|all}" >&2; exit 2 ;;
+    quick) quick "$@" ;;
+    wheels) wheels "$@" ;;
+    *) echo "usage: bash benchmarks/gpu.sh {quick [--dry-run]|wheels|setup|kernels [options]|pipeline CASE|all}" >&2
+       exit 2 ;;
 esac
