@@ -41,7 +41,9 @@ def _csv(values: str | None) -> tuple[str, ...] | None:
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES, case_sensitive=False), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
 @click.option("--max-batch", type=int, default=1, show_default=True, help="Images per request (engines take 2x: CFG).")
-@click.option("--static", is_flag=True, help="One exact shape per profile (base x base, batch 2 x max-batch).")
+@click.option(
+    "--static", is_flag=True, help="One exact image size per profile (base x base; batch still 1 .. 2 x max-batch)."
+)
 @click.option(
     "--components",
     default=None,
