@@ -9,29 +9,15 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from functools import cache
 
 import torch
 import torch.nn.functional as F
 
+from sana_deploy.contract import aspect_buckets
 from sana_deploy.errors import ShapeError, fail
 from sana_deploy.models.config import VAE_SCALE, SanaPreset
 
 MAX_SIDE = 16384  # 512 latents: the exported graphs' axis limit
-
-
-@cache
-def aspect_buckets(tier: int) -> dict[str, tuple[int, int]]:
-    """diffusers' ``ASPECT_RATIO_<tier>_BIN`` table: aspect ratio string -> (height, width) pixels."""
-    from diffusers.pipelines.pixart_alpha.pipeline_pixart_alpha import ASPECT_RATIO_512_BIN, ASPECT_RATIO_1024_BIN
-    from diffusers.pipelines.pixart_alpha.pipeline_pixart_sigma import ASPECT_RATIO_2048_BIN
-    from diffusers.pipelines.sana.pipeline_sana import ASPECT_RATIO_4096_BIN
-
-    tables = {512: ASPECT_RATIO_512_BIN, 1024: ASPECT_RATIO_1024_BIN, 2048: ASPECT_RATIO_2048_BIN}
-    tables[4096] = ASPECT_RATIO_4096_BIN
-    if tier not in tables:
-        fail(f"No aspect-ratio buckets for a {tier}px model; resolution binning needs a 512/1024/2048/4096 tier.")
-    return {k: (int(h), int(w)) for k, (h, w) in tables[tier].items()}
 
 
 def model_tier(preset: SanaPreset) -> int:
