@@ -45,7 +45,10 @@ class OrtOptions:
     opt: str = "all"  # graph optimisation level: disable, basic, extended, all
     threads: int | None = None  # intra-op threads (default: the cores this process may use)
     inter_threads: int = 1
-    spin: bool = True  # session.intra_op.allow_spinning
+    # session.intra_op.allow_spinning. Off by default: on a CPU shared with other work, a spinning thread that waits
+    # for a descheduled partner burns its time slice (0.6B at 512², 2 threads: median step 0.82-0.89x with spinning
+    # off under load; on an otherwise idle machine spinning is ~5% faster, so dedicated hosts may pass spin=True).
+    spin: bool = False
     parallel: bool = False  # execution mode ORT_PARALLEL instead of sequential
     profile_prefix: str | None = None  # write ONNX Runtime's profiling JSON with this prefix
     providers: tuple[str, ...] | None = None  # default: the best available (TensorRT, CUDA, CPU)
