@@ -45,10 +45,11 @@ class OrtOptions:
     opt: str = "all"  # graph optimisation level: disable, basic, extended, all
     threads: int | None = None  # intra-op threads (default: the cores this process may use)
     inter_threads: int = 1
-    # session.intra_op.allow_spinning. Off by default: on a CPU shared with other work, a spinning thread that waits
-    # for a descheduled partner burns its time slice (0.6B at 512², 2 threads: median step 0.82-0.89x with spinning
-    # off under load; on an otherwise idle machine spinning is ~5% faster, so dedicated hosts may pass spin=True).
-    spin: bool = False
+    # session.intra_op.allow_spinning. On by default, for the dedicated host a deployment runs on: on an otherwise
+    # idle CPU spinning is ~5% faster per step (0.6B at 512², 2 threads). On a CPU shared with other heavy work, a
+    # spinning thread that waits for a descheduled partner burns its time slice: pass spin=False there (median step
+    # 0.82-0.89x of spinning's under load).
+    spin: bool = True
     parallel: bool = False  # execution mode ORT_PARALLEL instead of sequential
     profile_prefix: str | None = None  # write ONNX Runtime's profiling JSON with this prefix
     providers: tuple[str, ...] | None = None  # default: the best available (TensorRT, CUDA, CPU)

@@ -4,7 +4,7 @@
 Options (``onnxruntime[opt=all,threads=2,spin=1,split=1]``), mapped onto :class:`~sana_deploy.runners.OrtOptions`:
   opt      graph optimisation level: disable, basic, extended, all (default all)
   threads  intra-op threads (default: the cores this process may use); inter: inter-op threads (default 1)
-  spin     ``session.intra_op.allow_spinning`` 1/0 (default 1)
+  spin     ``session.intra_op.allow_spinning`` 1/0 (default: the runtime's, on)
   mode     execution mode seq/par (default seq)
   split    1: caption K/V once per request (``transformer_text`` + ``transformer_cached``); 0: the one-graph
            ``transformer`` (default 1)
@@ -33,11 +33,12 @@ def ort_options(options: dict[str, str], profile_prefix: str | None = None) -> O
         inter = int(options.get("inter", 1))
     except ValueError:
         fail(f"onnxruntime options threads/inter must be integers, got {options}.")
+    defaults = OrtOptions()  # the product's defaults unless an option says otherwise
     return OrtOptions(
-        opt=options.get("opt", "all"),
+        opt=options.get("opt", defaults.opt),
         threads=threads,
         inter_threads=inter,
-        spin=flag(options, "spin", True),
+        spin=flag(options, "spin", defaults.spin),
         parallel=mode == "par",
         profile_prefix=profile_prefix,
     )
