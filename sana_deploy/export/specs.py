@@ -163,7 +163,11 @@ def transformer_text_spec(components: SanaComponents) -> ExportSpec:
         outputs=(TensorSpec("text_kv", (t.num_layers, 2, "batch", "text_len", t.hidden_size)),),
         axes={"batch": base.axes["batch"], "text_len": base.axes["text_len"]},
         export_sizes={"batch": 2, "text_len": 40},
-        parity_sizes=({"batch": 1, "text_len": TEXT_MAX_LENGTH}, {"batch": 2, "text_len": 77}),
+        parity_sizes=(
+            {"batch": 1, "text_len": TEXT_MAX_LENGTH},
+            {"batch": 2, "text_len": 77},
+            {"batch": 3, "text_len": 120},
+        ),
         tolerance=base.tolerance,
         wrap=lambda c: _TransformerTextIO(c.get("transformer")),
     )

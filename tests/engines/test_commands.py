@@ -27,7 +27,7 @@ def test_build_prints_the_table(built):
     for col in ("profile", "shapes", "backend", "size", "build", "cache path"):
         assert col in lines[header]
     rows = [r for r in lines[header + 2 :] if r.strip()]
-    assert len(rows) == 5  # transformer x2, vae x2, one text encoder
+    assert len(rows) == 6  # caption K/V step graph x2, vae x2, one text encoder, one caption K/V graph (size-free)
     assert any("512-2048 x 512-2048 px, batch 1-2" in r and "onnxruntime (cpu)" in r for r in rows)
     assert all(str(root) in r for r in rows)
 
@@ -36,18 +36,18 @@ def test_second_build_reports_cached(built, export_root):
     root, _ = built
     res = _run("build", "--profiles", "1024,512", "--backend", "onnxruntime", "--engine-dir", str(root),
                "--export-dir", str(export_root))  # fmt: skip
-    assert res.exit_code == 0 and res.output.count("cached") == 5, res.output
+    assert res.exit_code == 0 and res.output.count("  cached  ") == 6, res.output
 
 
 def test_engines_list_inspect_verify_prune(built):
     root, _ = built
     res = _run("engines", "list", "--engine-dir", str(root))
-    assert res.exit_code == 0 and res.output.count("onnxruntime") == 5 and "never" in res.output
+    assert res.exit_code == 0 and res.output.count("onnxruntime") == 6 and "never" in res.output
     key = res.output.splitlines()[2].split()[0]
     res = _run("engines", "inspect", key, "--engine-dir", str(root))
     assert res.exit_code == 0 and '"checks": "ok"' in res.output and '"nodes"' in res.output
     res = _run("engines", "verify", "--engine-dir", str(root))
-    assert res.exit_code == 0 and "5 ok, 0 bad" in res.output
+    assert res.exit_code == 0 and "6 ok, 0 bad" in res.output
     res = _run("engines", "prune", "--dry-run", "--engine-dir", str(root))
     assert res.exit_code == 0 and "0 to remove" in res.output
 
