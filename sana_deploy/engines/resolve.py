@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 
 from sana_deploy.contract import MissPolicy
+from sana_deploy.engines.backends import EngineBuildError
+from sana_deploy.engines.builder import build_engines
 from sana_deploy.engines.cache import pid_alive
 from sana_deploy.engines.profiles import profile_for_request
 from sana_deploy.engines.records import EngineEntry
@@ -74,9 +76,7 @@ def resolve(
             ShapeError,
         )
     if policy is MissPolicy.BUILD:
-        from sana_deploy.engines.builder import build_engines
-
-        build_engines(engine_dir=cache.root, progress=False, **req)
+        build_for_request(cache.root, req, height, width)
         found = cache.find(model_id, component, height, width, batch, backend=None, precision=req.get("precision"))
         if found is None:
             fail(
@@ -86,6 +86,20 @@ def resolve(
         return found
     start_background(cache.root, req)
     return None
+
+
+def build_for_request(root: Path, req: dict, height: int, width: int) -> None:
+    """Build what a miss needs. A dynamic build the backend refuses (AOTInductor on the CPU refuses the dynamic DC-AE
+    at profiles 512 and 1024, whose self-check catches an Inductor miscompile) is retried as the profile's static
+    build when the request is exactly the base size it covers; any other refusal is the error."""
+    try:
+        build_engines(engine_dir=root, progress=False, **req)
+    except EngineBuildError as exc:
+        base = req["profiles"][0]
+        if req.get("static") or (height, width) != (base, base):
+            raise
+        print(f"sana-deploy: {str(exc).splitlines()[0]} Building the static {base} profile instead.", file=sys.stderr)
+        build_engines(engine_dir=root, progress=False, **{**req, "static": True})
 
 
 def _pending_dir(root: Path) -> Path:

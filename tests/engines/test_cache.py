@@ -205,3 +205,28 @@ def test_resolve_build_and_background(tmp_path, export_root):
     assert found is not None and found.profile.name == "512", Path(pending[0]["log"]).read_text()
     with pytest.raises(SanaDeployError, match="Unknown miss policy"):
         resolve(cache, "sana-tiny", "transformer", 4096, 4096, 1, policy="later")
+
+
+def test_build_miss_retries_a_refused_dynamic_build_as_static(tmp_path, monkeypatch):
+    """A backend that refuses the dynamic profile (aoti's DC-AE on the CPU) gets the static build for a request of
+    exactly the base size; other sizes keep the error."""
+    import sana_deploy.engines.resolve as resolve_module
+    from sana_deploy.engines.backends import EngineBuildError
+
+    calls = []
+
+    def fake_build(**kwargs):
+        calls.append(kwargs.get("static", False))
+        if not kwargs.get("static"):
+            raise EngineBuildError("AOTInductor miscompiled vae [512] with dynamic shapes.")
+        return []
+
+    monkeypatch.setattr(resolve_module, "build_engines", fake_build)
+    cache = EngineCache(tmp_path)
+    with pytest.raises(SanaDeployError, match="Built profile 512 but it does not run vae"):
+        resolve(cache, "sana-tiny", "vae", 512, 512, 1, policy="build", backend="aoti")
+    assert calls == [False, True]
+    calls.clear()
+    with pytest.raises(EngineBuildError, match="miscompiled"):
+        resolve(cache, "sana-tiny", "vae", 384, 640, 1, policy="build", backend="aoti")
+    assert calls == [False]
