@@ -142,16 +142,25 @@ class EngineCache:
             _write_json_atomic(self.root / MANIFEST, data)
         return len(data["entries"])
 
-    def entries(self) -> list[EngineEntry]:
-        """Every entry the manifest lists whose folder still has a meta.json (broken ones included)."""
+    def _listed(self) -> dict[str, dict]:
+        """The manifest's entry summaries by key (rebuilt from the entry folders when the manifest is missing)."""
         data = self._read_manifest()
         if data is None:
             if not self.root.exists():
-                return []
+                return {}
             self.rescan()
             data = self._read_manifest() or {"entries": {}}
+        return data["entries"]
+
+    def components(self, model_id: str) -> set[str]:
+        """The components this cache lists engines of for ``model_id`` (the manifest only: no entry is read)."""
+        model = model_dirname(model_id)
+        return {s["component"] for s in self._listed().values() if model_dirname(s["model"]) == model}
+
+    def entries(self) -> list[EngineEntry]:
+        """Every entry the manifest lists whose folder still has a meta.json (broken ones included)."""
         out = []
-        for key, s in data["entries"].items():
+        for key, s in self._listed().items():
             folder = self.root / s["dir"]
             meta = read_meta(folder)
             out.append(EngineEntry(folder, meta if meta else {**s, "key": key, "artifact": "?", "artifact_bytes": 0}))
@@ -221,15 +230,9 @@ class EngineCache:
         then the profile whose opt shape is closest, then the newest.
         """
         component = parse_components(component)[0]
-        data = self._read_manifest()
-        if data is None:
-            if not self.root.exists():
-                return None
-            self.rescan()
-            data = self._read_manifest() or {"entries": {}}
         model = model_dirname(model_id)
         candidates = []
-        for key, s in data["entries"].items():
+        for key, s in self._listed().items():
             if model_dirname(s["model"]) != model or s["component"] != component:
                 continue
             if (backend and s["backend"] != backend) or (precision and s["precision"] != precision):

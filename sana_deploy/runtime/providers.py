@@ -125,8 +125,8 @@ class EngineStages(StageProvider):
 
     def has_split(self) -> bool:
         """The split unless the cache holds one-graph transformer engines of this model and no split ones (an
-        older build): a miss then builds the split."""
-        kinds = {e.component for e in self.cache.entries() if e.model == self.model_id}
+        older build): a miss then builds the split. Asked once per request: reads the manifest only."""
+        kinds = self.cache.components(self.model_id)
         return set(SPLIT_TRANSFORMER) <= kinds or "transformer" not in kinds
 
     def runner(self, component: str, height: int, width: int, batch: int) -> Runner:
@@ -165,4 +165,4 @@ class EngineStages(StageProvider):
 
 def engine_cache_has(cache: EngineCache, model_id: str) -> bool:
     """Whether the cache holds any engine of ``model_id`` (what ``--backend auto`` looks for)."""
-    return cache.root.exists() and any(e.model == model_id for e in cache.entries())
+    return bool(cache.components(model_id))
