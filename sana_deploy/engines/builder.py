@@ -180,16 +180,14 @@ def build_engines(
     if note := not_runnable_note(chosen, device):  # e.g. tensorrt-rtx on a CPU-only machine: built for another
         say(note)
     model = str(model)
-    loaded: dict = {}
+    modules = tuple(dict.fromkeys(module_of(c) for c in names))
+    components = load_components(model, modules, preset=preset, random_weights=random_weights)
 
-    def load() -> SanaComponents:  # loaded once
-        if "c" not in loaded:
-            modules = tuple(dict.fromkeys(module_of(c) for c in names))
-            loaded["c"] = load_components(model, modules, preset=preset, random_weights=random_weights)
-        return loaded["c"]
+    def load() -> SanaComponents:  # what backends that trace PyTorch (aoti) are handed
+        return components
 
     root = Path(export_root) if export_root is not None else default_export_root(model)
-    exports = exports_for(load(), names, precision, root, say)
+    exports = exports_for(components, names, precision, root, say)
     cache = EngineCache(engine_dir)
     tasks = [(exports[c], Profile.from_base(b, max_batch, static)) for c in names for b in bases]
     entries: list[EngineEntry] = []

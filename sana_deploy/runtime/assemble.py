@@ -17,7 +17,6 @@ from sana_deploy.contract import (
     component_dtype,
     component_precision,
     default_export_root,
-    module_of,
     pipeline_components,
     torch_dtype,
 )
@@ -188,7 +187,6 @@ __all__ = [
     "engine_provider",
     "fixed_stages",
     "load_model",
-    "module_of",
     "tokenizer_and_preset",
     "torch_runner",
 ]

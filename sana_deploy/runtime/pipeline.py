@@ -36,7 +36,7 @@ from sana_deploy.runtime.assemble import (
 from sana_deploy.runtime.exact_tiling import split_tiled_decode
 from sana_deploy.runtime.images import postprocess
 from sana_deploy.runtime.providers import StageProvider
-from sana_deploy.runtime.resolution import plan_size, resize_and_crop
+from sana_deploy.runtime.resolution import SizePlan, plan_size, resize_and_crop
 from sana_deploy.runtime.solvers import make_solver
 from sana_deploy.runtime.text import COMPLEX_HUMAN_INSTRUCTION, encode_prompts
 from sana_deploy.runtime.tiling import TilingConfig, tiled_decode
@@ -279,11 +279,7 @@ class SanaDeployPipeline:
         return time.perf_counter()
 
     def _encode(
-        self,
-        prompts: list[str],
-        negatives: list[str] | None,
-        plan,
-        batch: int,  # noqa: ANN001 (SizePlan)
+        self, prompts: list[str], negatives: list[str] | None, plan: SizePlan, batch: int
     ) -> tuple[torch.Tensor, torch.Tensor, str]:
         te = self.provider.runner("text_encoder", plan.height, plan.width, batch)
         emb, mask = encode_prompts(
