@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from sana_deploy.cli.options import PRECISIONS, kv_cache_option, model_option, random_weights_option
-from sana_deploy.contract import MISS_POLICIES, parse_profiles
+from sana_deploy.contract import MISS_POLICIES
 from sana_deploy.runtime.generate import GenerateRequest
 from sana_deploy.runtime.providers import RUNTIME_BACKENDS
 
@@ -42,7 +42,7 @@ _GENERATE_ON_MISS = next(f.default for f in dataclasses.fields(GenerateRequest) 
     help="What a request for a size with no engine does (the runtime's miss policy, as generate's --on-miss).",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback unless told).")
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=int, help="0 to 65535 (0: any free port).")
 @click.option("--api-key", default=None, help="Bearer token required on requests [env SANA_DEPLOY_API_KEY].")
 @click.option(
     "--sizes",
@@ -53,6 +53,14 @@ _GENERATE_ON_MISS = next(f.default for f in dataclasses.fields(GenerateRequest) 
 @click.option("--max-n", default=4, show_default=True, type=int, help="Images per request.")
 @click.option("--max-queue", default=32, show_default=True, type=int, help="Requests in flight per replica (429).")
 @click.option("--timeout", "timeout_s", default=300.0, show_default=True, type=float, help="Per-request seconds.")
+@click.option(
+    "--body-timeout",
+    "body_timeout_s",
+    default=30.0,
+    show_default=True,
+    type=float,
+    help="Seconds a request body may take to arrive (then 408 and the connection closes).",
+)
 @click.option("--steps", default=20, show_default=True, type=int, help="Default num_inference_steps.")
 @click.option("--ray", "use_ray", is_flag=True, help="Deploy on Ray Serve instead of a single uvicorn process.")
 @click.option("--replicas", default=1, show_default=True, type=int, help="Ray Serve replicas (with --ray).")
@@ -73,26 +81,31 @@ def serve(
     max_n,
     max_queue,
     timeout_s,
+    body_timeout_s,
     steps,
     use_ray,
     replicas,
     gpus_per_replica,
     no_kv_cache,
 ) -> None:
-    """OpenAI-compatible POST /v1/images/generations (+ /health, /metrics) on uvicorn or Ray Serve."""
-    from sana_deploy.serve.settings import default_settings
+    """OpenAI-compatible POST /v1/images/generations (+ /health, /metrics) on uvicorn or Ray Serve.
+
+    Every option is checked before the model loads; an invalid one is a one-line error (see docs/SERVING.md)."""
+    from sana_deploy.serve.settings import check_server, default_settings
     from sana_deploy.serve.shared import load_pipeline
 
     settings = default_settings(
         model,
-        bases=parse_profiles(profiles) if profiles else None,
+        bases=profiles or None,
         sizes=sizes,
         api_key=api_key,
         max_n=max_n,
         max_queue=max_queue,
         request_timeout_s=timeout_s,
+        body_timeout_s=body_timeout_s,
         num_inference_steps=steps,
     )
+    check_server(host, port, engine_dir, backend, miss_policy, use_ray, replicas, gpus_per_replica)
     factory = functools.partial(
         load_pipeline,
         model,
@@ -106,7 +119,10 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         click.secho(f"warning: serving on {host} without an API key", fg="yellow", err=True)
     served = "any size" if settings.sizes is None else f"{len(settings.sizes)} sizes"
-    click.echo(f"serving {model} on http://{host}:{port}/v1/images/generations ({served})")
+    if port:
+        click.echo(f"serving {model} on http://{host}:{port}/v1/images/generations ({served})")
+    else:
+        click.echo(f"serving {model} on {host}, port chosen by the system (the server's log names it) ({served})")
     if use_ray:
         from sana_deploy.serve.ray_app import serve_ray
 

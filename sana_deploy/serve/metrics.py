@@ -6,6 +6,9 @@ import threading
 from collections import Counter, deque
 
 LATENCY_WINDOW = 1024  # quantiles over the last N completed requests
+# Where a request was when its client went away: still sending its body; queued (dropped, never run); running
+# (its pipeline call stops between denoising steps once no request sharing it is waiting); finished (images unsent).
+DISCONNECT_STAGES = ("body", "queued", "running", "finished")
 
 
 class Metrics:
@@ -16,6 +19,8 @@ class Metrics:
         self.batches = 0
         self.batched_images = 0
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self.disconnects: Counter[str] = Counter({stage: 0 for stage in DISCONNECT_STAGES})
+        self.stopped_batches = 0  # pipeline calls stopped between denoising steps (every client had gone)
         self.queue_depth = lambda: 0
 
     def observe_request(self, status: int, seconds: float | None = None) -> None:
@@ -23,6 +28,17 @@ class Metrics:
             self.requests[status] += 1
             if seconds is not None and status == 200:
                 self.latencies.append(seconds)
+
+    def observe_disconnect(self, stage: str) -> None:
+        """A client went away before its answer was sent; never counted as a response status."""
+        if stage not in DISCONNECT_STAGES:
+            raise ValueError(f"unknown disconnect stage {stage!r}; one of {DISCONNECT_STAGES}")
+        with self._lock:
+            self.disconnects[stage] += 1
+
+    def observe_stopped_batch(self) -> None:
+        with self._lock:
+            self.stopped_batches += 1
 
     def observe_batch(self, images: int) -> None:
         with self._lock:
@@ -45,7 +61,19 @@ class Metrics:
         with self._lock:
             statuses = dict(self.requests)
             images, batches, batched = self.images, self.batches, self.batched_images
+            disconnects, stopped = dict(self.disconnects), self.stopped_batches
         lines += [f'sana_requests_total{{status="{s}"}} {n}' for s, n in sorted(statuses.items())]
+        lines += [
+            "# HELP sana_client_disconnects_total Requests whose client went away before the answer, by where the "
+            "request was (body, queued: never run, running: stopped between steps when no one else waits, finished).",
+            "# TYPE sana_client_disconnects_total counter",
+        ]
+        lines += [f'sana_client_disconnects_total{{stage="{s}"}} {disconnects[s]}' for s in DISCONNECT_STAGES]
+        lines += [
+            "# HELP sana_batches_stopped_total Pipeline calls stopped between denoising steps (every client had gone).",
+            "# TYPE sana_batches_stopped_total counter",
+            f"sana_batches_stopped_total {stopped}",
+        ]
         lines += [
             "# HELP sana_images_total Images generated.",
             "# TYPE sana_images_total counter",

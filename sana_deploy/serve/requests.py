@@ -1,4 +1,4 @@
-"""OpenAI ``POST /v1/images/generations`` requests: parse, validate, and the 4xx errors they can raise."""
+"""OpenAI ``POST /v1/images/generations`` requests: parse, validate, and the errors a request can end in."""
 
 from __future__ import annotations
 
@@ -18,6 +18,15 @@ class RequestError(Exception):
     def to_json(self) -> dict:
         kind = "invalid_request_error" if self.status < 500 else "server_error"
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+
+class ClientGone(Exception):
+    """The client went away before its answer; ``stage`` is where the request was then (the metrics' label):
+    "body" (still sending it), "queued" (dropped, never run), "running" or "finished"."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(f"the client went away (request {stage})")
+        self.stage = stage
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,10 @@
 :class:`ImagePipeline` is that protocol (``SanaDeployPipeline`` implements it). Serving code never touches
 engines directly, so a test can drive every limit, queue and error path with any object of this shape.
 
+A pipeline that also takes ``callback(step, timestep, latents)`` (``SanaDeployPipeline`` does; it is called after
+every denoising step) can be stopped between steps: the serving worker passes one that raises once every client of
+the call has gone (:func:`takes_step_callback`).
+
 Thread safety: a pipeline owns engines with one execution context each, so **one call at a time per pipeline**.
 :class:`SharedPipeline` makes that explicit for embedders: load once, call from any number of threads (or from an
 asyncio server through :meth:`SharedPipeline.agenerate`); calls are serialised by a lock, and results do not
@@ -12,6 +16,7 @@ depend on which thread made them.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import threading
 from collections.abc import Callable, Sequence
@@ -51,6 +56,17 @@ def images_of(result: Any) -> list[Image.Image]:
     return list(images)
 
 
+def takes_step_callback(pipe: ImagePipeline) -> bool:
+    """Whether ``pipe(...)`` takes a ``callback(step, timestep, latents)`` keyword (as ``SanaDeployPipeline``)."""
+    target = pipe.pipe if isinstance(pipe, SharedPipeline) else pipe
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+    param = params.get("callback")
+    return param is not None and param.kind in (param.KEYWORD_ONLY, param.POSITIONAL_OR_KEYWORD)
+
+
 SizeBucket = Callable[[int, int], tuple[int, int]]  # requested (width, height) -> generated (width, height)
 
 
@@ -74,14 +90,18 @@ def batch_key(request: ImageRequest, bucket: SizeBucket) -> tuple:
 
 
 def generate_batch(
-    pipe: ImagePipeline, requests: Sequence[ImageRequest], bucket: SizeBucket | None = None
+    pipe: ImagePipeline,
+    requests: Sequence[ImageRequest],
+    bucket: SizeBucket | None = None,
+    callback: Callable[[int, float, torch.Tensor], None] | None = None,
 ) -> list[list[Image.Image]]:
     """One pipeline call for requests of one batch key (:func:`batch_key`); returns each request's images in order.
 
     Requests of one requested size run at that size (the pipeline bins it and resizes back, exactly as
     ``generate``). Requests of several sizes that share a bucket run at the bucket size, and each request's images
     are resized and centre-cropped back to its own size (the runtime's ``resize_and_crop``, on the 8-bit images).
-    Each image gets its own seeded generator (request seed + index).
+    Each image gets its own seeded generator (request seed + index). ``callback`` goes to the pipeline (called
+    after every denoising step; only for a pipeline that :func:`takes_step_callback`).
     """
     bucket = bucket or size_bucket(pipe)
     first = requests[0]
@@ -95,6 +115,7 @@ def generate_batch(
             generators.append(torch.Generator().manual_seed(seed + i))
     one_size = all((r.width, r.height) == (first.width, first.height) for r in requests)
     width, height = (first.width, first.height) if one_size else bucket(first.width, first.height)
+    extra = {} if callback is None else {"callback": callback}
     result = pipe(
         prompts,
         negative_prompt=first.negative_prompt,
@@ -104,6 +125,7 @@ def generate_batch(
         guidance_scale=first.guidance_scale,
         generator=generators,
         num_images_per_prompt=1,
+        **extra,
     )
     images = images_of(result)
     if len(images) != len(prompts):
