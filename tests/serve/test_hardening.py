@@ -5,6 +5,7 @@ Every server test ends by checking the server still answers /health and a normal
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import logging
 import re
 import socket
@@ -221,11 +222,9 @@ def assert_still_serves(srv: ThreadedServer, pipe: SteppingPipeline, prompt: str
 def test_a_queued_request_whose_client_disconnects_never_runs(served):
     pipe, service, srv, logs = served
     url = srv.url + "/v1/images/generations"
-    import concurrent.futures as cf
-
     with cf.ThreadPoolExecutor(1) as pool:
-        first = pool.submit(httpx.post, url, json={"prompt": "first", "num_inference_steps": 20}, timeout=60)
-        wait_until(lambda: len(pipe.calls) == 1)  # "first" is running (about 1 s)
+        first = pool.submit(httpx.post, url, json={"prompt": "first", "num_inference_steps": 50}, timeout=60)
+        wait_until(lambda: len(pipe.calls) == 1)  # "first" is running (about 2.5 s)
         gone = raw_post(srv.port, b'{"prompt": "gone", "num_inference_steps": 2}')
         wait_until(lambda: service.depth == 2)  # "gone" waits in the queue
         gone.close()
@@ -241,7 +240,8 @@ def test_a_queued_request_whose_client_disconnects_never_runs(served):
 
 def test_a_running_request_whose_client_disconnects_stops_between_steps(served):
     pipe, service, srv, logs = served
-    sock = raw_post(srv.port, b'{"prompt": "long", "num_inference_steps": 50}')  # 50 x 0.05 s
+    pipe.step_s = 0.1
+    sock = raw_post(srv.port, b'{"prompt": "long", "num_inference_steps": 50}')  # 50 x 0.1 s
     wait_until(lambda: pipe.steps_run >= 2)
     sock.close()
     wait_until(lambda: service.metrics.stopped_batches == 1)
