@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 
 import torch
 
 from sana_deploy.errors import ShapeError, fail
+from sana_deploy.runners.weights import WeightSwapError
 
 Shapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]  # input -> (min, opt, max)
 
@@ -41,6 +43,7 @@ class Runner(ABC):
         self.shapes = shapes
         self.detail = detail  # the artifact, for messages
         self._lock = threading.Lock()
+        self.weights_token: object = None  # which weight set is applied (the provider's bookkeeping)
 
     @property
     def label(self) -> str:
@@ -79,6 +82,21 @@ class Runner(ABC):
             with self._lock:
                 outputs = self.infer(ordered)
         return {k: v.to(device=device, dtype=torch.float32) for k, v in outputs.items()}
+
+    def swappable_weights(self) -> dict[str, tuple[int, ...]]:
+        """``{parameter name: shape}`` of the weights :meth:`set_weight_deltas` can change (diffusers' names)."""
+        return {}
+
+    def set_weight_deltas(self, deltas: Mapping[str, torch.Tensor]) -> None:
+        """Run with ``base + delta`` for these weights and the base for every other (``{}``: the base model).
+
+        ``deltas``: fp32 changes in the parameters' own shapes, keys among :meth:`swappable_weights`. The swap
+        never recompiles: each backend replaces the weights inside the compiled artifact. On an error the runner
+        keeps the weights it had.
+        """
+        if not deltas:
+            return
+        fail(f"The {self.backend} runner of {self.component} cannot swap weights.", WeightSwapError)
 
     @abstractmethod
     def infer(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

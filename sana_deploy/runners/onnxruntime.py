@@ -9,7 +9,8 @@ graph there is refused with a message saying what to use instead.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,14 @@ import torch
 
 from sana_deploy.errors import fail
 from sana_deploy.runners.base import Runner, Shapes
+from sana_deploy.runners.weights import (
+    WeightRef,
+    WeightSwapError,
+    read_weight_map,
+    require_map,
+    stored_weights,
+    to_layout,
+)
 
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 OPT_LEVELS = ("disable", "basic", "extended", "all")
@@ -111,7 +120,12 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
 
 
 class OrtRunner(Runner):
-    """One ``InferenceSession``; ``run`` is thread-safe, so calls are not serialised."""
+    """One ``InferenceSession``; ``run`` is thread-safe, so calls are not serialised.
+
+    Weight swaps (:meth:`set_weight_deltas`) open a new session over the same file with the changed weights
+    supplied from memory (``SessionOptions.add_external_initializers``, applied before graph optimisation); the
+    file and its external data are never rewritten. ``weight_map`` defaults to the ``weights.json`` beside the graph.
+    """
 
     backend = "onnxruntime"
     reentrant = True
@@ -124,6 +138,7 @@ class OrtRunner(Runner):
         options: OrtOptions | None = None,
         shapes: Shapes | None = None,
         providers: Sequence | None = None,
+        weight_map: Mapping[str, WeightRef] | None = None,
     ) -> None:
         self.session = ort_session(path, options, providers)
         super().__init__(
@@ -136,6 +151,49 @@ class OrtRunner(Runner):
         )
         self.path = Path(path)
         self.providers = self.session.get_providers()
+        self._options, self._chosen = options, providers
+        self._weight_map = dict(weight_map) if weight_map is not None else read_weight_map(self.path.parent)
+        self._base: dict[str, torch.Tensor] = {}
+        self._swap_lock = threading.Lock()
+        self._keepalive: list = []  # the OrtValues a session with overrides reads (they must outlive it)
+
+    def swappable_weights(self) -> dict[str, tuple[int, ...]]:
+        return {n: ref.shape for n, ref in (self._weight_map or {}).items()}
+
+    def set_weight_deltas(self, deltas: Mapping[str, torch.Tensor]) -> None:
+        import onnxruntime as ort
+
+        if not deltas and not self._keepalive and not self._base:
+            return  # already the file's own weights
+        refs = require_map(self.component, self._weight_map)
+        with self._swap_lock:
+            missing = {n for n in deltas if n not in self._base}
+            if missing:
+                self._base.update(stored_weights(self.path, refs, missing))
+            so = (self._options or OrtOptions()).session_options()
+            names, values = [], []
+            for name, d in deltas.items():
+                base = self._base[name]
+                if tuple(d.shape) != tuple(base.shape):
+                    raise ValueError(f"{name}: delta {tuple(d.shape)} vs weight {tuple(base.shape)}")
+                fused = to_layout((base.float() + d.float()).to(base.dtype), refs[name].layout).contiguous()
+                names.append(refs[name].name)
+                values.append(ort.OrtValue.ortvalue_from_numpy(fused.numpy()))
+            if names:
+                # replaces external weights as the graph loads, before optimisation (add_initializer would come
+                # after constant folding, which then keeps the file's values for folded weights)
+                so.add_external_initializers(names, values)
+            try:
+                session = ort.InferenceSession(str(self.path), so, providers=list(self._chosen or self.providers))
+            except Exception as exc:
+                first = (str(exc).strip().splitlines() or [""])[0][:300]
+                fail(
+                    f"ONNX Runtime could not swap weights into {self.path}: {first}. Weight swaps need the "
+                    f"transformer's weights in external data (model.onnx.data); export it again with this version.",
+                    WeightSwapError,
+                )
+            keep = values
+            self.session, self._keepalive = session, keep  # calls already running finish on the old session
 
     def infer(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         outs = self.session.run(self.output_names, {n: _to_numpy(t) for n, t in inputs.items()})

@@ -4,10 +4,17 @@ per component."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from sana_deploy.plugins.registry import active_kernels, use_kernels
 from sana_deploy.runners.base import Runner
+from sana_deploy.runners.weights import parameter_name, swappable
+
+# A parameter's weights before any swap are kept on the parameter itself, so runners that share a module (the
+# split's two graphs over one transformer) restore the same base.
+_BASE_ATTR = "_sana_deploy_base_weight"
 
 
 class TorchRunner(Runner):
@@ -29,6 +36,29 @@ class TorchRunner(Runner):
         self.module = module.eval()
         self.kernels = kernels
         self.device = next(self.module.parameters()).device
+        self._params = {
+            parameter_name(n): p for n, p in self.module.named_parameters() if swappable(parameter_name(n), p)
+        }
+
+    def swappable_weights(self) -> dict[str, tuple[int, ...]]:
+        return {n: tuple(p.shape) for n, p in self._params.items()}
+
+    def set_weight_deltas(self, deltas: Mapping[str, torch.Tensor]) -> None:
+        """In place: ``base + delta`` into each parameter; parameters changed before and not now get their base."""
+        for name, d in deltas.items():
+            if tuple(d.shape) != tuple(self._params[name].shape):
+                raise ValueError(f"{name}: delta {tuple(d.shape)} vs weight {tuple(self._params[name].shape)}")
+        with torch.no_grad():
+            for name, p in self._params.items():
+                base = getattr(p, _BASE_ATTR, None)
+                if name in deltas:
+                    if base is None:
+                        base = p.detach().clone()
+                        setattr(p, _BASE_ATTR, base)
+                    p.copy_((base.float() + deltas[name].to(base.device)).to(p.dtype))
+                elif base is not None:
+                    p.copy_(base)
+                    delattr(p, _BASE_ATTR)
 
     def infer(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         args = [t.to(self.device) for t in inputs.values()]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -29,6 +29,7 @@ from sana_deploy.engines import EngineCache, load_runner
 from sana_deploy.engines.resolve import resolve
 from sana_deploy.errors import fail
 from sana_deploy.runners import Runner
+from sana_deploy.runners.weights import WeightSwapError
 from sana_deploy.runtime.denoiser import Denoiser, OneGraphDenoiser, SplitDenoiser
 
 RUNTIME_BACKENDS = ("auto", "torch", "onnxruntime", "aoti", "tensorrt", "tensorrt-rtx")
@@ -59,11 +60,71 @@ class StageProvider(ABC):
         """Whether this provider can serve the caption K/V split (``transformer_text`` + ``transformer_cached``)."""
 
     def denoiser(self, height: int, width: int, batch: int) -> Denoiser:
-        """The split when ``kv_cache`` is on and the provider has it, else the one-graph transformer."""
+        """The split when ``kv_cache`` is on and the provider has it, else the one-graph transformer.
+
+        Its runners carry the transformer weights last set with :meth:`set_weight_deltas` (a runner loaded
+        later, e.g. the engine of another profile, is brought up to date here).
+        """
         if self.kv_cache and self.has_split():
             text, cached = (self.runner(c, height, width, batch) for c in SPLIT_TRANSFORMER)
+            self.sync_weights([text, cached])
             return SplitDenoiser(text, cached)
-        return OneGraphDenoiser(self.runner("transformer", height, width, batch))
+        runner = self.runner("transformer", height, width, batch)
+        self.sync_weights([runner])
+        return OneGraphDenoiser(runner)
+
+    # --- transformer weight swaps (LoRA) ------------------------------------------------------------------------
+    def set_weight_deltas(self, deltas: Mapping[str, torch.Tensor]) -> None:
+        """The transformer runs ``base + delta`` per named weight from now on (``{}``: the base weights).
+
+        Runners already loaded swap now, so an adapter their artifacts cannot take is refused here and the
+        previous weights stay; runners loaded later (another profile's engine) swap when first used.
+        """
+        with self._weights_lock():
+            previous = getattr(self, "_weights", (None, {}))
+            self._weights = (object(), dict(deltas))
+            try:
+                loaded = self.loaded_transformer_runners()
+                if loaded:
+                    self.sync_weights(loaded)
+            except BaseException:
+                self._weights = previous
+                raise
+
+    def loaded_transformer_runners(self) -> list[Runner]:
+        """The transformer runners this provider holds now (what a weight swap must reach at once)."""
+        return []
+
+    def sync_weights(self, runners: list[Runner]) -> None:
+        """Swap the current weight set into ``runners`` that do not carry it yet; none of them changes when one
+        of the weights is not swappable in these artifacts."""
+        with self._weights_lock():
+            token, deltas = getattr(self, "_weights", (None, {}))
+            if token is None or all(r.weights_token is token for r in runners):
+                return
+            held: dict[str, tuple[int, ...]] = {}
+            for r in runners:
+                held.update(r.swappable_weights())
+            missing = sorted(set(deltas) - set(held))
+            if missing:
+                fail(
+                    f"The {'/'.join(r.backend for r in runners)} transformer graph(s) cannot swap {len(missing)} "
+                    f"weight(s) an adapter changes, e.g. {', '.join(missing[:3])}: the export holds them folded "
+                    f"into other constants, or has no weight map. Export the model again with this version, or use "
+                    f"an adapter that leaves these layers alone.",
+                    WeightSwapError,
+                )
+            for r in runners:
+                if r.weights_token is not token:
+                    own = r.swappable_weights()
+                    r.set_weight_deltas({k: v for k, v in deltas.items() if k in own})
+                    r.weights_token = token
+
+    def _weights_lock(self) -> threading.RLock:
+        lock = self.__dict__.get("_weights_rlock")
+        if lock is None:
+            lock = self.__dict__.setdefault("_weights_rlock", threading.RLock())
+        return lock
 
     def torch_vae(self) -> torch.nn.Module | None:
         """The torch DC-AE module when this provider has one loaded (enables the exact tiled decode)."""
@@ -94,6 +155,15 @@ class FixedStages(StageProvider):
 
     def has_split(self) -> bool:
         return all(c in self.runners for c in SPLIT_TRANSFORMER)
+
+    def loaded_transformer_runners(self) -> list[Runner]:
+        """The denoiser's runners (made now if they are factories), and any other transformer graph already made."""
+        wanted = SPLIT_TRANSFORMER if self.kv_cache and self.has_split() else ("transformer",)
+        out = [self.runner(c, 0, 0, 0) for c in wanted]
+        with self._lock:
+            made = [r for c, r in self.runners.items() if c not in wanted and isinstance(r, Runner)]
+        out += [r for r in made if r.component.startswith("transformer")]
+        return out
 
     def torch_vae(self) -> torch.nn.Module | None:
         return self.vae_module
@@ -146,12 +216,23 @@ class EngineStages(StageProvider):
                 self._runners[entry.key] = load_runner(entry)
             return self._runners[entry.key]
 
+    def loaded_transformer_runners(self) -> list[Runner]:
+        with self._lock:
+            out = [r for r in self._runners.values() if r.component.startswith("transformer")]
+            fallback = self._fallback
+        if fallback is not None:
+            fallback.set_weight_deltas(getattr(self, "_weights", (None, {}))[1])
+        return out
+
     def _fallback_provider(self) -> StageProvider:
         with self._lock:
             if self._fallback is None:
                 if self.fallback is None:
                     fail("No engine covers this request yet and the pipeline has no fallback backend.")
                 self._fallback = self.fallback()
+                token, deltas = getattr(self, "_weights", (None, {}))
+                if token is not None:
+                    self._fallback.set_weight_deltas(deltas)
             return self._fallback
 
     def _record(self, component: str, shape: dict, used: str) -> None:
