@@ -2,11 +2,14 @@
 
 A build is ``SaveEngine(EngineFromOnnx(backend, job), cache, meta)`` under the key's file lock; a valid entry with
 the same key is a hit and nothing is built. Components whose inputs do not depend on resolution (the text encoder)
-get one engine for all profiles that share a batch range.
+get one engine for all profiles that share a batch range. A build that fails removes its staging folder; before
+building, leftovers of killed builds and finished background builds are removed (``EngineCache.clean_leftovers``).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -16,6 +19,7 @@ from pathlib import Path
 from sana_deploy.contract import (
     default_export_root,
     export_dir,
+    model_dirname,
     module_of,
     parse_components,
     parse_profiles,
@@ -26,7 +30,7 @@ from sana_deploy.engines.backends import Backend, BuildJob, BuildOptions, get_ba
 from sana_deploy.engines.cache import EngineCache, sha256_file
 from sana_deploy.engines.lazy import EngineFromOnnx, SaveEngine
 from sana_deploy.engines.profiles import Profile, check_max_batch
-from sana_deploy.engines.records import CacheKey, EngineEntry
+from sana_deploy.engines.records import CacheKey, EngineEntry, check_model_dir, is_plain_name
 from sana_deploy.errors import fail
 from sana_deploy.export import ensure_export, load_manifest
 from sana_deploy.models.components import SanaComponents
@@ -114,6 +118,7 @@ def build_one(
     if entry is not None and not cache.problems(entry, deep=True):
         entry.hit, entry.lookup_seconds = True, lookup_s
         return entry
+    cache.clean_leftovers()  # staging folders of killed builds, records of finished background builds
     with cache.key_lock(key.digest):
         entry = cache.lookup(key)  # another process may have built it while we waited
         if entry is not None:
@@ -125,26 +130,66 @@ def build_one(
         cache.clean_staging(model, export.component, key.digest)
         check_onnx_matches(export)
         staging = cache.staging_dir(model, export.component, key.digest)
-        job = BuildJob(
-            model=model,
-            component=export.component,
-            precision=precision,
-            profile=profile,
-            onnx_path=export.onnx_path,
-            manifest=export.manifest,
-            input_shapes=shapes,
-            options=options,
-            out_dir=staging,
-            device=key.device,
-            timing_cache=cache.timing_cache_path(backend.name, key.backend_version, key.device)
-            if backend.timing_cache and options.timing_cache
-            else None,
-            components_loader=load,
-            progress=say,
-        )
-        entry = SaveEngine(EngineFromOnnx(backend, job), cache, _meta(key, profile, export, backend))()
+        try:
+            entry = _build_into(cache, staging, backend, export, profile, options, key, shapes, load, say)
+        except BaseException:
+            cache.discard(staging)  # a failed or interrupted build leaves nothing behind
+            raise
         entry.hit, entry.lookup_seconds = False, lookup_s
         return entry
+
+
+def _stage_refit(export: Export, staging: Path) -> list[str]:
+    """A weight-stripped plan is refitted at load from the ONNX it was built from: the entry keeps that ONNX (a
+    hard link to the export when the file system allows, else a copy) in ``refit/``, so loading never reads a path
+    recorded in meta.json. Returns the file names (``refit_files``)."""
+    folder = staging / "refit"
+    folder.mkdir()
+    files = list(export.manifest["files"])
+    for name in files:
+        if not is_plain_name(name):
+            fail(f"The export manifest of {export.onnx_path} lists {name!r}, which is not a file name; re-export it.")
+        src, dst = export.onnx_path.parent / name, folder / name
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copyfile(src, dst)
+    return files
+
+
+def _build_into(
+    cache: EngineCache,
+    staging: Path,
+    backend: Backend,
+    export: Export,
+    profile: Profile,
+    options: BuildOptions,
+    key: CacheKey,
+    shapes: dict,
+    load: Callable | None,
+    say: Callable[[str], None],
+) -> EngineEntry:
+    meta = _meta(key, profile, export, backend)
+    if options.strip_weights:
+        meta["refit_files"] = _stage_refit(export, staging)
+    job = BuildJob(
+        model=key.model,
+        component=export.component,
+        precision=key.precision,
+        profile=profile,
+        onnx_path=export.onnx_path,
+        manifest=export.manifest,
+        input_shapes=shapes,
+        options=options,
+        out_dir=staging,
+        device=key.device,
+        timing_cache=cache.timing_cache_path(backend.name, key.backend_version, key.device)
+        if backend.timing_cache and options.timing_cache
+        else None,
+        components_loader=load,
+        progress=say,
+    )
+    return SaveEngine(EngineFromOnnx(backend, job), cache, meta)()
 
 
 def build_engines(
@@ -180,6 +225,9 @@ def build_engines(
     if note := not_runnable_note(chosen, device):  # e.g. tensorrt-rtx on a CPU-only machine: built for another
         say(note)
     model = str(model)
+    check_model_dir(model_dirname(model))  # the cache folder it will go in
+    cache = EngineCache(engine_dir)
+    cache.check_writable()  # a read-only or file --engine-dir fails here, before the model is loaded or exported
     modules = tuple(dict.fromkeys(module_of(c) for c in names))
     components = load_components(model, modules, preset=preset, random_weights=random_weights)
 
@@ -188,7 +236,6 @@ def build_engines(
 
     root = Path(export_root) if export_root is not None else default_export_root(model)
     exports = exports_for(components, names, precision, root, say)
-    cache = EngineCache(engine_dir)
     tasks = [(exports[c], Profile.from_base(b, max_batch, static)) for c in names for b in bases]
     entries: list[EngineEntry] = []
     seen: set[str] = set()

@@ -18,7 +18,7 @@ from sana_deploy.engines.backends import trt_common
 from sana_deploy.engines.backends.base import Backend, BuildJob, BuildOutput
 from sana_deploy.engines.backends.onnxruntime import choose_providers
 from sana_deploy.engines.cache import EngineCache
-from sana_deploy.engines.records import EngineEntry, read_meta
+from sana_deploy.engines.records import CacheError, EngineEntry, is_plain_name
 from sana_deploy.errors import fail
 from sana_deploy.runners import AotiRunner, OrtOptions, OrtRunner, Runner, TrtRunner
 from sana_deploy.runners.base import shapes_from_meta
@@ -93,10 +93,12 @@ class EngineFromPath(BaseLoader):
 
     def call_impl(self) -> Runner:
         entry = _value(self.entry)
+        folder = entry.path if isinstance(entry, EngineEntry) else Path(entry)
+        if self.cache is None and len(folder.parents) < 3:
+            fail(f"{folder} is not an engine cache entry (<cache>/<model>/<component>/<key>).", CacheError)
+        cache = self.cache or EngineCache(folder.parents[2])  # the cache root the entry's checks are relative to
         if not isinstance(entry, EngineEntry):
-            folder = Path(entry)
-            entry = EngineEntry(folder, read_meta(folder) or {"key": folder.name})
-        cache = self.cache or EngineCache(entry.path.parents[2])
+            entry = cache.entry_at(folder)
         cache.require_loadable(entry)
         cache.touch(entry)
         return runner_for(entry)
@@ -146,6 +148,15 @@ def _ort_providers(entry: EngineEntry) -> list:
     return out
 
 
+def _refit_onnx(entry: EngineEntry) -> Path:
+    """The ONNX a weight-stripped plan is refitted from: the copy kept in the entry's ``refit/`` folder (checked
+    against the key's onnx_sha256 by the cache's load checks). The ``onnx_path`` in meta.json is never read."""
+    names = [n for n in entry.meta.get("refit_files", []) if is_plain_name(n) and n.endswith(".onnx")]
+    if not names:
+        fail(f"Engine {entry.path} is weight-stripped but keeps no refit ONNX; rebuild it with `sana-deploy build`.")
+    return entry.path / "refit" / names[0]
+
+
 def runner_for(entry: EngineEntry) -> Runner:
     """The runner of a (verified) entry's backend, checking inputs against the entry's profile."""
     meta, info = entry.meta, entry.meta.get("info", {})
@@ -162,8 +173,9 @@ def runner_for(entry: EngineEntry) -> Runner:
         trt = importlib.import_module("tensorrt" if entry.backend == "tensorrt" else "tensorrt_rtx")
         refit = None
         if meta["flags"].get("strip_weights"):  # refit from the same (inlined) ONNX the plan was built from
-            data = trt_common.onnx_for_parser(meta["onnx_path"], bool(info.get("plugin_nodes", False)))
-            refit = (data, meta["onnx_path"])
+            onnx_path = _refit_onnx(entry)
+            data = trt_common.onnx_for_parser(onnx_path, bool(info.get("plugin_nodes", False)))
+            refit = (data, str(onnx_path))
         return TrtRunner(
             entry.artifact,
             trt,

@@ -5,7 +5,8 @@ Miss policies (:class:`MissPolicy`):
 * ``build``: build the smallest profile that covers the request now, then return it.
 * ``background``: start that build in a separate process (``python -m sana_deploy.engines.background``), report
   it (stderr line + :func:`pending_builds`), and return None so the caller serves from a fallback meanwhile.
-  A second miss for the same build while it runs does not start another one.
+  A second miss for the same build while it runs does not start another one. The build removes its record
+  (``<cache>/.pending/<tag>.json``) when it ends, and its log too when it succeeded.
 * ``error``: raise :class:`~sana_deploy.errors.ShapeError` naming the profile to build.
 """
 
@@ -23,10 +24,10 @@ from pathlib import Path
 from sana_deploy.contract import MissPolicy
 from sana_deploy.engines.backends import EngineBuildError
 from sana_deploy.engines.builder import build_engines
-from sana_deploy.engines.cache import pid_alive
+from sana_deploy.engines.cache import EngineCache, pid_alive
 from sana_deploy.engines.profiles import profile_for_request
 from sana_deploy.engines.records import EngineEntry
-from sana_deploy.errors import ShapeError, fail
+from sana_deploy.errors import SanaDeployError, ShapeError, fail
 
 
 def _build_request(model_id: str, component: str, height: int, width: int, batch: int, build_kwargs: dict) -> dict:
@@ -50,7 +51,7 @@ def _command_line(req: dict) -> str:
 
 
 def resolve(
-    cache,  # noqa: ANN001 (EngineCache; avoids an import cycle)
+    cache: EngineCache,
     model_id: str,
     component: str,
     height: int,
@@ -102,12 +103,6 @@ def build_for_request(root: Path, req: dict, height: int, width: int) -> None:
         build_engines(engine_dir=root, progress=False, **{**req, "static": True})
 
 
-def _pending_dir(root: Path) -> Path:
-    d = Path(root) / ".pending"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
 def start_background(root: Path, req: dict) -> dict:
     """Start (or find already running) a background build for ``req``; returns its record."""
     import dataclasses
@@ -115,26 +110,26 @@ def start_background(root: Path, req: dict) -> dict:
     if dataclasses.is_dataclass(req.get("options")):
         req = {**req, "options": dataclasses.asdict(req["options"])}
     tag = hashlib.sha256(json.dumps(req, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    record_path = _pending_dir(root) / f"{tag}.json"
-    from filelock import FileLock
-
-    with FileLock(str(record_path) + ".lock"):
-        if record_path.exists():
-            record = json.loads(record_path.read_text())
-            if _alive(record["pid"]):
-                return record
-        log = _pending_dir(root) / f"{tag}.log"
-        with open(log, "ab") as out:
+    cache = EngineCache(root)
+    with cache.pending_lock():  # the record is written before a cleaner or the build itself can look for it
+        record = cache.read_pending(tag)
+        if record is not None and _alive(record["pid"]):
+            return record
+        log, out = cache.pending_log(tag), cache.open_pending_log(tag)
+        try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "sana_deploy.engines.background", str(root), json.dumps(req, default=str)],
+                [sys.executable, "-m", "sana_deploy.engines.background", str(root), json.dumps(req, default=str), tag],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 cwd=os.getcwd(),
             )
+        finally:
+            os.close(out)
+        _STARTED.add(proc.pid)
         record = {"pid": proc.pid, "request": req, "log": str(log), "started": time.time(), "tag": tag}
-        record_path.write_text(json.dumps(record, default=str))
+        cache.write_pending(tag, record)
     print(
         f"sana-deploy: no engine for {req['components'][0]} covers the request; building profile "
         f"{req['profiles'][0]} in the background (pid {proc.pid}, log {log}); serve from a fallback meanwhile.",
@@ -144,24 +139,24 @@ def start_background(root: Path, req: dict) -> dict:
 
 
 def pending_builds(root: str | Path) -> list[dict]:
-    """Background builds started for this cache that are still running."""
-    folder = Path(root) / ".pending"
-    out = []
-    for path in folder.glob("*.json") if folder.exists() else []:
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if _alive(record["pid"]):
-            out.append(record)
-    return out
+    """Background builds started for this cache that are still running (a malformed record is skipped)."""
+    try:
+        cache = EngineCache(root)
+    except SanaDeployError:
+        return []
+    return [r for r in cache.pending_records() if _alive(r["pid"])]
+
+
+_STARTED: set[int] = set()  # background builds this process started (the only pids it reaps)
 
 
 def _alive(pid: int) -> bool:
-    try:
-        waited, _status = os.waitpid(pid, os.WNOHANG)  # reap our own finished children
-        if waited == pid:
-            return False
-    except ChildProcessError:
-        pass
+    if pid in _STARTED:
+        try:
+            waited, _status = os.waitpid(pid, os.WNOHANG)  # reap our own finished children
+            if waited == pid:
+                _STARTED.discard(pid)
+                return False
+        except ChildProcessError:
+            _STARTED.discard(pid)
     return pid_alive(pid)
