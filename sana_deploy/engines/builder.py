@@ -35,6 +35,7 @@ from sana_deploy.errors import fail
 from sana_deploy.export import ensure_export, load_manifest
 from sana_deploy.models.components import SanaComponents
 from sana_deploy.models.loaders import load_components
+from sana_deploy.runners.weights import WEIGHT_MAP_FILE
 
 
 @dataclass
@@ -139,6 +140,15 @@ def build_one(
         return entry
 
 
+def _keeps_lora_base(component: str, backend: str, options: BuildOptions) -> bool:
+    """Transformer engines whose LoRA swaps need the base weights from the export (the package or plan cannot
+    hand them back): aoti always, TensorRT when its LoRA weights are refittable. ONNX Runtime entries hold their
+    own initializers."""
+    if not component.startswith("transformer"):
+        return False
+    return backend == "aoti" or backend in ("tensorrt", "tensorrt-rtx") and options.lora_refit
+
+
 def _stage_refit(export: Export, staging: Path) -> list[str]:
     """A weight-stripped plan is refitted at load from the ONNX it was built from: the entry keeps that ONNX (a
     hard link to the export when the file system allows, else a copy) in ``refit/``, so loading never reads a path
@@ -154,6 +164,9 @@ def _stage_refit(export: Export, staging: Path) -> list[str]:
             os.link(src, dst)
         except OSError:
             shutil.copyfile(src, dst)
+    weight_map = export.onnx_path.parent / WEIGHT_MAP_FILE  # where each LoRA-targetable weight lives in it
+    if weight_map.is_file():
+        shutil.copyfile(weight_map, folder / WEIGHT_MAP_FILE)
     return files
 
 
@@ -170,7 +183,7 @@ def _build_into(
     say: Callable[[str], None],
 ) -> EngineEntry:
     meta = _meta(key, profile, export, backend)
-    if options.strip_weights:
+    if options.strip_weights or _keeps_lora_base(export.component, backend.name, options):
         meta["refit_files"] = _stage_refit(export, staging)
     job = BuildJob(
         model=key.model,

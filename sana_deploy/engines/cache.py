@@ -434,8 +434,9 @@ class EngineCache:
 
     @staticmethod
     def _refit_problems(folder: Path, meta: dict) -> list[str]:
-        """A weight-stripped plan refits from the ONNX kept in its entry (``refit/``), checked against the key."""
-        if not meta.get("flags", {}).get("strip_weights"):
+        """A weight-stripped plan refits from the ONNX kept in its entry (``refit/``), and a LoRA-swappable engine
+        reads its base weights there: the copy is checked against the key."""
+        if not meta.get("flags", {}).get("strip_weights") and not meta.get("refit_files"):
             return []
         files = meta.get("refit_files") or []
         if not files:

@@ -17,7 +17,7 @@ from pathlib import Path
 from sana_deploy.engines.backends import trt_common
 from sana_deploy.engines.backends.base import Backend, BuildJob, BuildOutput
 from sana_deploy.engines.backends.onnxruntime import choose_providers
-from sana_deploy.engines.cache import EngineCache
+from sana_deploy.engines.cache import EngineCache, sha256_file
 from sana_deploy.engines.records import CacheError, EngineEntry, is_plain_name
 from sana_deploy.errors import fail
 from sana_deploy.runners import AotiRunner, OrtOptions, OrtRunner, Runner, TrtRunner
@@ -157,6 +157,40 @@ def _refit_onnx(entry: EngineEntry) -> Path:
     return entry.path / "refit" / names[0]
 
 
+def _lora_base(entry: EngineEntry) -> Path | None:
+    """The export copy in the entry's ``refit/`` that LoRA swaps read base weights from (None: none kept)."""
+    names = [n for n in entry.meta.get("refit_files", []) if is_plain_name(n) and n.endswith(".onnx")]
+    return entry.path / "refit" / names[0] if names else None
+
+
+QDP_PLUGINS = "sana_deploy.plugins (QDP)"  # the key's entry for the Python plugins (not a library)
+
+
+def _plugin_libraries(entry: EngineEntry) -> tuple[str, ...]:
+    """The C++ plugin libraries a TensorRT entry was built with, from this process's configuration
+    (``SANA_DEPLOY_PLUGIN_LIBS``) and checked against the sha256 in its key; the paths recorded in meta.json are
+    never loaded."""
+    from sana_deploy.engines.backends import BuildOptions
+    from sana_deploy.engines.backends.tensorrt import plugin_libraries
+
+    needed = {name: h for name, h in entry.meta.get("plugins", {}).items() if name != QDP_PLUGINS}
+    if not needed:
+        return ()
+    configured = {p.name: p for p in plugin_libraries(BuildOptions())}
+    out = []
+    for name, recorded in sorted(needed.items()):
+        path = configured.get(name)
+        if path is None or not path.is_file() or sha256_file(path) != recorded:
+            fail(
+                f"Engine {entry.path} was built with the TensorRT plugin library {name!r}; list that library (the "
+                f"same file) in SANA_DEPLOY_PLUGIN_LIBS (paths separated by {os.pathsep!r}) to load it. Library paths "
+                f"recorded in meta.json are never loaded.",
+                CacheError,
+            )
+        out.append(str(path.resolve()))
+    return tuple(out)
+
+
 def runner_for(entry: EngineEntry) -> Runner:
     """The runner of a (verified) entry's backend, checking inputs against the entry's profile."""
     meta, info = entry.meta, entry.meta.get("info", {})
@@ -166,7 +200,9 @@ def runner_for(entry: EngineEntry) -> Runner:
         opts = OrtOptions(opt="disable")
         return OrtRunner(entry.artifact, entry.component, entry.precision, opts, shapes, _ort_providers(entry))
     if entry.backend == "aoti":
-        return AotiRunner(entry.artifact, entry.component, *names, entry.precision, info.get("device", "cpu"), shapes)
+        device = info.get("device", "cpu")
+        base = _lora_base(entry)
+        return AotiRunner(entry.artifact, entry.component, *names, entry.precision, device, shapes, base)
     if entry.backend in ("tensorrt", "tensorrt-rtx"):
         import importlib
 
@@ -184,8 +220,10 @@ def runner_for(entry: EngineEntry) -> Runner:
             entry.precision,
             shapes,
             entry.backend,
-            tuple(info.get("plugin_libraries", [])),
+            _plugin_libraries(entry),
             bool(info.get("qdp_plugins")),
             refit,
+            info.get("refittable_weights") or {},
+            _lora_base(entry),
         )
     fail(f"No runner for backend {entry.backend!r}.")

@@ -10,6 +10,7 @@ GPU, so it is unverified there (docs/VERIFIED.md).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 
@@ -17,6 +18,7 @@ import torch
 
 from sana_deploy.errors import SanaDeployError, ShapeError, fail
 from sana_deploy.runners.base import Runner, Shapes
+from sana_deploy.runners.weights import WeightSwapError, read_weight_map, require_map, stored_weights, to_layout
 
 
 def make_logger(trt: ModuleType):
@@ -83,6 +85,8 @@ class TrtRunner(Runner):
         plugin_libraries: tuple[str, ...] = (),
         qdp_plugins: bool = False,
         refit_onnx: tuple[bytes, str] | None = None,
+        refittable: Mapping[str, str] | None = None,
+        base_onnx: str | Path | None = None,
     ) -> None:
         super().__init__(component, input_names, output_names, precision, shapes, detail=str(path))
         self.backend = backend
@@ -93,6 +97,10 @@ class TrtRunner(Runner):
                 SanaDeployError,
             )
         self.trt = trt
+        self.refittable = dict(refittable or {})  # parameter name -> weights name (marked at build)
+        self.base_onnx = Path(base_onnx) if base_onnx else None
+        self._base: dict[str, torch.Tensor] = {}
+        self._changed: set[str] = set()
         for lib in plugin_libraries:
             trt.get_plugin_registry().load_library(lib)
         if qdp_plugins:  # JIT implementations run in this process
@@ -114,6 +122,34 @@ class TrtRunner(Runner):
         parser_refitter = trt.OnnxParserRefitter(refitter, self.logger)
         if not parser_refitter.refit_from_bytes(data, onnx_path) or not refitter.refit_cuda_engine():
             fail(f"Could not refit the weight-stripped engine from {onnx_path}: {self.logger.errors}")
+
+    def swappable_weights(self) -> dict[str, tuple[int, ...]]:
+        refs = read_weight_map(self.base_onnx.parent) if self.base_onnx and self.refittable else None
+        return {n: refs[n].shape for n in self.refittable if n in refs} if refs else {}
+
+    def set_weight_deltas(self, deltas: Mapping[str, torch.Tensor]) -> None:
+        """Refit ``base + delta`` into the weights marked refittable at build time (TensorRT's ``Refitter``);
+        weights changed before and not now get their base back. Unverified here: refitting needs CUDA."""
+        if not deltas and not self._changed:
+            return
+        refs = require_map(self.component, read_weight_map(self.base_onnx.parent) if self.base_onnx else None)
+        names = set(deltas) | self._changed
+        need = names - set(self._base)
+        if need:
+            self._base.update(stored_weights(self.base_onnx, refs, need))
+        refitter = self.trt.Refitter(self.engine, self.logger)
+        keep = []
+        for name in names:
+            base = self._base[name]
+            value = base if name not in deltas else (base.float() + deltas[name].float()).to(base.dtype)
+            array = to_layout(value, refs[name].layout).contiguous().numpy()
+            keep.append(array)  # the refitter reads the host memory when it refits
+            if not refitter.set_named_weights(self.refittable[name], self.trt.Weights(array)):
+                fail(f"TensorRT refused new weights for {name}: {self.logger.errors}", WeightSwapError)
+        with self._lock:
+            if not refitter.refit_cuda_engine():
+                fail(f"TensorRT could not refit {self.detail}: {self.logger.errors}", WeightSwapError)
+        self._changed = set(deltas)
 
     def _profile_for(self, inputs: dict[str, torch.Tensor]) -> int:
         for p in range(self.engine.num_optimization_profiles):

@@ -143,8 +143,29 @@ def onnx_initializers(path: str | Path, names: set[str] | None = None) -> dict[s
     out = {}
     for t in model.graph.initializer:
         if names is None or t.name in names:
-            out[t.name] = numpy_helper.to_array(t, base_dir=str(path.parent))
+            external = t.data_location == onnx.TensorProto.EXTERNAL
+            out[t.name] = _external_array(t, path.parent) if external else numpy_helper.to_array(t)
     return out
+
+
+def _external_array(t, folder: Path) -> np.ndarray:  # noqa: ANN001 (onnx.TensorProto)
+    """An external initializer read from a file *in the graph's own folder* (a plain file name only). onnx's own
+    reader refuses hard-linked data files, which is how an engine entry keeps its copy of the export."""
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    info = {e.key: e.value for e in t.external_data}
+    location = info.get("location", "")
+    if not location or Path(location).name != location or location in (".", ".."):
+        fail(f"Initializer {t.name} points to external data {location!r} outside its folder.", WeightSwapError)
+    dtype = np.dtype(tensor_dtype_to_np_dtype(t.data_type))
+    count = int(np.prod(t.dims)) if len(t.dims) else 1
+    offset = int(info.get("offset", 0))
+    with open(folder / location, "rb") as f:
+        f.seek(offset)
+        data = f.read(count * dtype.itemsize)
+    if len(data) != count * dtype.itemsize:
+        fail(f"External data of {t.name} in {location} is truncated; export again.", WeightSwapError)
+    return np.frombuffer(data, dtype=dtype).reshape(tuple(t.dims)).copy()
 
 
 def stored_weights(path: str | Path, refs: Mapping[str, WeightRef], names: set[str]) -> dict[str, torch.Tensor]:

@@ -37,6 +37,9 @@ class BuildOptions:
     targets: tuple[str, ...] | None = None  # tensorrt-rtx: compute capabilities to build for (sm86, sm89, sm120…)
     plugin_libraries: tuple[str, ...] | None = None  # TensorRT: plugin .so files (default: discovered)
     ort_providers: tuple[str, ...] | None = None  # onnxruntime: execution providers (default: best available)
+    # TensorRT: the transformer's LoRA-targetable weights built refittable (REFIT_INDIVIDUAL), so an adapter swap
+    # refits the engine instead of rebuilding it
+    lora_refit: bool = True
 
     def key_fields(self) -> dict:
         """Fields that go into the cache key (excludes plugin paths: their *hashes* are keyed instead)."""
@@ -46,6 +49,7 @@ class BuildOptions:
             "strip_weights": self.strip_weights,
             "targets": list(self.targets) if self.targets else None,
             "ort_providers": list(self.ort_providers) if self.ort_providers else None,
+            "lora_refit": self.lora_refit,
         }
 
 

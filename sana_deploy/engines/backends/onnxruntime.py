@@ -15,6 +15,13 @@ from sana_deploy.engines.backends.base import Backend, BuildJob, BuildOptions, B
 from sana_deploy.engines.devices import current_device
 from sana_deploy.errors import SanaDeployError, fail
 from sana_deploy.runners.onnxruntime import PROVIDER_ORDER, ort_session
+from sana_deploy.runners.weights import (
+    match_weights,
+    onnx_initializers,
+    read_weight_map,
+    stored_weights,
+    write_weight_map,
+)
 
 ARTIFACT = "model.opt.onnx"
 _GPU_PROVIDERS = {"TensorrtExecutionProvider", "CUDAExecutionProvider"}
@@ -70,7 +77,10 @@ class OnnxRuntimeBackend(Backend):
             fail(
                 f"Could not build the onnxruntime engine for {job.component} ({job.precision}): {exc}", EngineBuildError
             )
-        return BuildOutput(ARTIFACT, {"providers": providers, "optimization": "extended"})
+        swappable = _write_weight_map(job)
+        return BuildOutput(
+            ARTIFACT, {"providers": providers, "optimization": "extended", "swappable_weights": swappable}
+        )
 
     def inspect(self, artifact: Path, meta: dict) -> dict:
         import onnx
@@ -82,3 +92,16 @@ class OnnxRuntimeBackend(Backend):
             "inputs": {i.name: dims(i) for i in model.graph.input},
             "outputs": {o.name: dims(o) for o in model.graph.output},
         }
+
+
+def _write_weight_map(job: BuildJob) -> int:
+    """Where the optimised graph keeps each LoRA-targetable transformer weight (``weights.json`` in the entry):
+    the optimiser renames and folds initializers, so they are found again by value against the export's own map.
+    Returns how many weights were found."""
+    refs = read_weight_map(job.onnx_path.parent) if job.component.startswith("transformer") else None
+    if not refs:
+        return 0
+    params = stored_weights(job.onnx_path, refs, set(refs))
+    built = match_weights(params, onnx_initializers(job.out_dir / ARTIFACT))
+    write_weight_map(job.out_dir, built, ARTIFACT)
+    return len(built)

@@ -27,6 +27,7 @@ from sana_deploy.errors import fail
 from sana_deploy.export.onnx_functions import DOMAIN
 from sana_deploy.fileio import write_atomic
 from sana_deploy.runners.tensorrt import make_logger
+from sana_deploy.runners.weights import read_weight_map
 
 PLAN_FILE = "engine.plan"
 PLUGIN_NAMES = ("LinearAttention", "MixFFN")
@@ -147,6 +148,7 @@ def build_plan(
     network, _parser = parse_network(trt, builder, logger, job.onnx_path, keep_plugin_nodes, prefer_aot_plugins)
     config = builder.create_builder_config()
     configure(trt, config, job)
+    refittable = mark_lora_refittable(trt, network, config, job)
     if extra_config is not None:
         extra_config(config)
     add_profile(builder, config, network, job.input_shapes)
@@ -169,8 +171,28 @@ def build_plan(
             "plugin_nodes": keep_plugin_nodes,
             "num_layers": network.num_layers,
             "plan_header": plan_header(path),
+            "refittable_weights": refittable,
         },
     )
+
+
+def mark_lora_refittable(trt: ModuleType, network, config, job: BuildJob) -> dict[str, str]:  # noqa: ANN001
+    """Mark the transformer's LoRA-targetable weights refittable (``REFIT_INDIVIDUAL``); the rest stay constant,
+    so the builder still folds them. Returns ``{parameter name: weights name}`` of the weights marked.
+
+    The weights are named after the ONNX initializers (the export's weight map says which initializer holds which
+    parameter, and in which layout). A weight-stripped plan (``strip_weights``) refits identical weights only, so it
+    is not marked.
+    """
+    o = job.options
+    if not (o.lora_refit and job.component.startswith("transformer")) or o.strip_weights:
+        return {}
+    refs = read_weight_map(job.onnx_path.parent) or {}
+    marked = {n: r.name for n, r in refs.items() if network.mark_weights_refittable(r.name)}
+    if marked:
+        config.set_flag(trt.BuilderFlag.REFIT_INDIVIDUAL)
+    job.progress(f"{len(marked)} of {len(refs)} LoRA-targetable weights marked refittable")
+    return marked
 
 
 # --- reading a plan without CUDA --------------------------------------------------------------------------------
