@@ -178,3 +178,27 @@ def test_a_weight_stripped_entry_refits_only_from_its_own_copy(tmp_path, export_
     (entry_dir / "refit" / "model.onnx").write_bytes(b"edited")
     assert "does not match the onnx_sha256" in EngineCache._refit_problems(entry_dir, meta)[0]
     assert "without its refit ONNX" in EngineCache._refit_problems(entry_dir, {**meta, "refit_files": []})[0]
+
+
+def test_tensorrt_plugin_libraries_come_from_the_configuration_not_meta(tmp_path, monkeypatch):
+    """A TensorRT entry's C++ plugin libraries are the ones this process is configured with, checked against the
+    key's sha256; the paths recorded in meta.json are never loaded (the runner itself needs CUDA)."""
+    import hashlib
+
+    from sana_deploy.engines.lazy import QDP_PLUGINS, _plugin_libraries
+    from sana_deploy.engines.records import EngineEntry
+
+    lib = tmp_path / "libsana_plugins.so"
+    lib.write_bytes(b"plugin code")
+    recorded = {"libsana_plugins.so": hashlib.sha256(b"plugin code").hexdigest(), QDP_PLUGINS: "x"}
+    meta = {"plugins": recorded, "info": {"plugin_libraries": ["/elsewhere/libsana_plugins.so"]}}
+    entry = EngineEntry(tmp_path / "e", meta)
+    monkeypatch.delenv("SANA_DEPLOY_PLUGIN_LIBS", raising=False)
+    with pytest.raises(CacheError, match="list that library .* in SANA_DEPLOY_PLUGIN_LIBS"):
+        _plugin_libraries(entry)
+    monkeypatch.setenv("SANA_DEPLOY_PLUGIN_LIBS", str(lib))
+    assert _plugin_libraries(entry) == (str(lib.resolve()),)
+    lib.write_bytes(b"other code")  # not the library the engine was built with
+    with pytest.raises(CacheError, match="the same file"):
+        _plugin_libraries(entry)
+    assert _plugin_libraries(EngineEntry(tmp_path / "e", {"plugins": {QDP_PLUGINS: "x"}})) == ()
