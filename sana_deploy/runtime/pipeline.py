@@ -38,7 +38,7 @@ from sana_deploy.runtime.images import postprocess
 from sana_deploy.runtime.providers import StageProvider
 from sana_deploy.runtime.resolution import SizePlan, plan_size, resize_and_crop
 from sana_deploy.runtime.solvers import make_solver
-from sana_deploy.runtime.text import COMPLEX_HUMAN_INSTRUCTION, encode_prompts
+from sana_deploy.runtime.text import COMPLEX_HUMAN_INSTRUCTION, PROMPT_CACHE, PromptCache, encode_prompts
 from sana_deploy.runtime.tiling import TilingConfig, tiled_decode
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -104,6 +104,8 @@ class SanaDeployPipeline:
         self.complex_human_instruction = complex_human_instruction
         self.progress_bar = False
         self.sync_timings = False  # synchronise CUDA at stage and step edges so the timings are exact (bench)
+        # encoded texts, shared by the process's pipelines (the "" negative is encoded once); None: always encode
+        self.prompt_cache: PromptCache | None = PROMPT_CACHE
 
     # --- construction ---------------------------------------------------------------------------------------
     @classmethod
@@ -283,8 +285,9 @@ class SanaDeployPipeline:
     ) -> tuple[torch.Tensor, torch.Tensor, str]:
         te = self.provider.runner("text_encoder", plan.height, plan.width, batch)
         emb, mask = encode_prompts(
-            te, self.tokenizer, prompts, negatives, self.complex_human_instruction, te.pad_seq_to
-        )
+            te, self.tokenizer, prompts, negatives, self.complex_human_instruction, te.pad_seq_to,
+            cache=self.prompt_cache, model_id=self.model_id,
+        )  # fmt: skip
         return emb, mask, te.label
 
     def encode_prompt(

@@ -169,6 +169,7 @@ class PipelineContender(Contender):
     def prepare(self, ctx: CaseContext) -> Prepared:
         pipe, prepared = self.make_pipeline(ctx)
         pipe.sync_timings = True  # CUDA synchronised at stage and step edges: exact per-stage wall times
+        pipe.prompt_cache = None  # every timed request encodes its texts, as the diffusers baseline does
         pipe.set_progress_bar(False)
         output_type = "latent" if any(s in prepared.missing for s in DECODE_STAGES) else None
         held = {"pipe": pipe}  # released (weights, sessions, engines) by ``release``
