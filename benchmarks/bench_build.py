@@ -34,7 +34,7 @@ def _child(spec: dict) -> None:
 
         names = parse_components(spec["components"])
         c = load_components(spec["model"], names, random_weights=spec["random_weights"])
-        export_model(c, names, spec["precision"], spec["export_root"], parity=spec["parity"])
+        export_model(c, names, spec["precision"], spec["export_root"], unsafe_skip_parity=not spec["parity"])
         print("RESULT " + json.dumps(_rss()), flush=True)
         return
     from sana_deploy.engines import build_engines

@@ -21,6 +21,14 @@ class ExportError(SanaDeployError):
     """Export failed (including a parity check above the spec's tolerance)."""
 
 
+class ParityError(ExportError):
+    """An export whose ONNX Runtime output does not match PyTorch; ``results`` is the parity report."""
+
+    def __init__(self, message: str, results: list | None = None) -> None:
+        super().__init__(message)
+        self.results = list(results or [])
+
+
 class ShapeError(SanaDeployError):
     """A resolution, batch or profile is not valid."""
 

@@ -3,6 +3,12 @@
 Every export is written into a temporary folder next to its destination and renamed into place only
 after ``onnx.checker`` and the parity check passed, so a failed or killed export never leaves a file that
 looks finished. Layout: ``<out>/<precision>/<component>/{model.onnx[, model.onnx.data], manifest.json}``.
+
+The parity check has two levels: ``full`` (every parity size of the spec; ``sana-deploy export`` and engine
+builds) and ``quick`` (the spec's smallest parity size; what the runtime's :func:`ensure_export` runs before it
+serves an export). Only ``sana-deploy export --no-parity`` skips it, through ``unsafe_skip_parity=True``; such an
+export is marked ``"parity_status": "unchecked"`` and :func:`ensure_export` never serves it (it exports again,
+checked).
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ import onnx
 import torch
 
 from sana_deploy.contract import component_dtype, default_export_root, export_dir, parse_components, torch_dtype
-from sana_deploy.errors import ExportError, SanaDeployError, fail
+from sana_deploy.errors import ExportError, ParityError, SanaDeployError, fail
+from sana_deploy.export.exact_rules import exact_no_op_rules
 from sana_deploy.export.onnx_functions import DOMAIN, FUNCTION_VERSION, PLUGIN_ATTRS, attach_functions, register_schemas
 from sana_deploy.export.parity import ParityResult, check_parity
 from sana_deploy.export.specs import SPECS, ExportSpec
@@ -36,6 +43,10 @@ OPSET = 18
 MANIFEST_FORMAT = "sana-deploy/export/1"
 EXTERNAL_DATA_THRESHOLD = 1 << 31  # protobuf's 2 GiB limit
 MODEL_FILE = "model.onnx"
+PARITY_LEVELS = ("full", "quick")
+# manifest "parity_status": what ensure_export serves ("skipped": ONNX Runtime's CPU provider cannot run this
+# graph, e.g. bf16; the reason is in "parity") and what it re-exports ("unchecked": exported with --no-parity)
+SERVABLE_PARITY = ("passed", "skipped")
 
 
 @dataclass
@@ -86,7 +97,7 @@ def trace_to_onnx(
     returns the graph (without weights) and the files written.
     """
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # torchvision notes
-    with use_kernels("reference"), torch.no_grad(), warnings.catch_warnings():
+    with use_kernels("reference"), torch.no_grad(), warnings.catch_warnings(), exact_no_op_rules():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             module,
@@ -168,14 +179,45 @@ def _clean_stale_temps(parent: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
+def check_parity_level(parity: object) -> str:
+    """``parity`` as a level name (``True``, its older spelling, is ``full``); anything else, ``False`` included, is
+    refused: the check has no off switch."""
+    if parity is True:
+        return "full"
+    if isinstance(parity, str) and parity in PARITY_LEVELS:
+        return parity
+    raise TypeError(
+        f"parity must be one of {', '.join(PARITY_LEVELS)}, got {parity!r}; the parity check cannot be turned off "
+        f"(only export_component(..., unsafe_skip_parity=True) skips it, and ensure_export never serves that)."
+    )
+
+
+def parity_status(results: list[ParityResult], skipped_on_purpose: bool = False) -> str:
+    """``passed``, ``skipped`` (ONNX Runtime could not run the graph here), ``failed`` or ``unchecked``."""
+    if skipped_on_purpose or not results:
+        return "unchecked"
+    if not all(r.ok for r in results):
+        return "failed"
+    return "skipped" if all(r.skipped for r in results) else "passed"
+
+
 def export_component(
     components: SanaComponents,
     component: str,
     precision: str = "fp32",
     out: Path | str = "export/sana-tiny",
-    parity: bool = True,
+    parity: str = "full",
+    *,
+    unsafe_skip_parity: bool = False,
 ) -> ExportResult:
-    """Export one component; returns where it went, its manifest and the parity results."""
+    """Export one component; returns where it went, its manifest and the parity results.
+
+    ``parity``: ``full`` (every parity size of the spec) or ``quick`` (its smallest one). A graph that fails it is
+    refused with a :class:`~sana_deploy.errors.ParityError` carrying the report, and nothing is written to ``out``.
+    ``unsafe_skip_parity``: write the graph unchecked (``sana-deploy export --no-parity``); the manifest says so and
+    :func:`ensure_export`, the runtime's way to exports, never serves it.
+    """
+    level = check_parity_level(parity)
     start = time.perf_counter()
     spec = SPECS[component](components)
     dtype = component_dtype(component, precision)
@@ -192,16 +234,17 @@ def export_component(
         _progress(f"{component}: {len(model.graph.node)} nodes, functions {functions}; saved {', '.join(files)}")
         onnx.checker.check_model(str(tmp / MODEL_FILE))
         results: list[ParityResult] = []
-        if parity:
+        if not unsafe_skip_parity:
             # The reference is the fp32 PyTorch model: ONNX Runtime's CPU provider runs fp16 graphs with fp32
             # kernels anyway, and PyTorch's own fp16 CPU path is far too slow for real-size models.
             reference = _in_dtype(module, torch.float32)
-            results = check_parity(tmp / MODEL_FILE, reference, spec, components, precision, progress=_progress)
+            sizes = spec.parity_sizes if level == "full" else spec.quick_parity_sizes
+            results = check_parity(
+                tmp / MODEL_FILE, reference, spec, components, precision, progress=_progress, sizes=sizes
+            )
             del reference
-            bad = [r for r in results if not r.ok]
-            if bad:
-                lines = "\n".join(f"  {r}" for r in bad)
-                fail(f"Parity check failed for {component} ({precision}):\n{lines}", ExportError)
+            if parity_status(results) == "failed":
+                raise ParityError(parity_message(component, precision, results, components.model_id), results)
         manifest = {
             "format": MANIFEST_FORMAT,
             "model_id": components.model_id,
@@ -218,6 +261,8 @@ def export_component(
             "axes": {k: [r.min, r.max] for k, r in spec.axes.items()},
             "sana_functions": sorted(f.name for f in model.functions if f.domain == DOMAIN),
             "parity": [r.to_json() for r in results],
+            "parity_level": "none" if unsafe_skip_parity else level,
+            "parity_status": parity_status(results, unsafe_skip_parity),
             "versions": package_versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -231,6 +276,18 @@ def export_component(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(component, precision, final / MODEL_FILE, manifest, results, manifest["export_seconds"])
+
+
+def parity_message(component: str, precision: str, results: list[ParityResult], model_id: str = "") -> str:
+    """The parity report of a refused export, and what to do about it."""
+    lines = "\n".join(f"  {r}" for r in results)
+    model = f" of {model_id}" if model_id else ""
+    return (
+        f"Parity check failed for {component}{model} ({precision}): its ONNX export does not match PyTorch, so it "
+        f"is not used (parity report, ONNX Runtime vs PyTorch):\n{lines}\n"
+        f"Nothing was written. Run this model with --backend torch, or try another --precision; "
+        f"`sana-deploy export --model ... --components {component.replace('_', '-')}` prints the full report."
+    )
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
@@ -249,36 +306,59 @@ def export_model(
     component_names: str | tuple[str, ...] | None = None,
     precision: str = "fp32",
     out: Path | str | None = None,
-    parity: bool = True,
+    parity: str = "full",
+    *,
+    unsafe_skip_parity: bool = False,
 ) -> list[ExportResult]:
-    """Export several components of one model (default: all that are loaded)."""
+    """Export several components of one model (default: all that are loaded); see :func:`export_component`."""
     torch_dtype(precision)  # validates the name
     names = parse_components(component_names)
     out = Path(out) if out is not None else default_export_root(components.model_id)
-    return [export_component(components, c, precision, out, parity) for c in names]
+    level = check_parity_level(parity)
+    return [
+        export_component(components, c, precision, out, level, unsafe_skip_parity=unsafe_skip_parity) for c in names
+    ]
+
+
+def servable(manifest: dict) -> bool:
+    """Whether an export's manifest records a parity check that let it through (older manifests: from the results)."""
+    status = manifest.get("parity_status")
+    if status is None:
+        results = manifest.get("parity") or []
+        ok = [bool(r.get("skipped")) or (r.get("finite") and r.get("rel", 1) <= r.get("tolerance", 0)) for r in results]
+        status = "passed" if ok and all(ok) else "unchecked"
+    return status in SERVABLE_PARITY
 
 
 def ensure_export(
-    components: SanaComponents, component: str, precision: str, root: str | Path, parity: bool = True
+    components: SanaComponents, component: str, precision: str, root: str | Path, parity: str = "quick"
 ) -> tuple[Path, bool]:
     """The one way anything gets an export: ``root/<precision>/<component>/model.onnx`` of exactly these weights,
     and whether it was already there.
 
-    Exported (parity-checked unless ``parity=False``) when the folder holds no export, or one of other weights
-    (manifest ``weights_sha256``); a file lock makes concurrent processes export once.
+    Always parity-checked: an export is reused only when its manifest names these weights (``weights_sha256``)
+    and records a parity check it passed; otherwise it is exported again and checked at ``parity`` (``quick``:
+    the spec's smallest parity size, ``full``: all of them). A graph that fails the check raises
+    :class:`~sana_deploy.errors.ParityError` with the report and nothing is written. A file lock makes
+    concurrent processes export once.
     """
     from filelock import FileLock
 
+    level = check_parity_level(parity)
     root = Path(root)
     folder = export_dir(root, component, precision)
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / f".{component}-{precision}.lock")):
         manifest = folder / "manifest.json"
         if manifest.exists() and (folder / MODEL_FILE).exists():
-            data = json.loads(manifest.read_text())
-            if data.get("weights_sha256") == components.content_hash(component):
+            try:
+                data = json.loads(manifest.read_text())
+            except (OSError, ValueError):  # unreadable or not JSON: export again
+                data = {}
+            same_weights = isinstance(data, dict) and data.get("weights_sha256") == components.content_hash(component)
+            if same_weights and servable(data):
                 return folder / MODEL_FILE, True
-        return export_component(components, component, precision, root, parity=parity).path, False
+        return export_component(components, component, precision, root, level).path, False
 
 
 def load_manifest(onnx_path: Path) -> dict:

@@ -105,7 +105,7 @@ def fixed_stages(
         return FixedStages(runners, vae_module=comps.vae, kv_cache=kv_cache)
     root = Path(export_dir) if export_dir is not None else default_export_root(comps.model_id)
     names = pipeline_components(kv_cache)
-    paths = {c: ensure_export(comps, c, precision, root, parity=False)[0] for c in names}
+    paths = {c: ensure_export(comps, c, precision, root)[0] for c in names}
     if own_modules:
         comps.transformer = comps.text_encoder = None
         gc.collect()

@@ -36,7 +36,7 @@ def onnx_dir(components, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("onnx")
     for c in PIPELINE_COMPONENTS:
-        ensure_export(components, c, "fp32", out, parity=False)
+        ensure_export(components, c, "fp32", out)
     return out
 
 

@@ -69,7 +69,7 @@ class OrtContender(PipelineContender):
         case, root = ctx.case, ctx.export_root
         options = ort_options(self.options)
         names = pipeline_components(self.split)
-        cached = [ensure_export(ctx.comps, c, case.precision, root, parity=False)[1] for c in names]
+        cached = [ensure_export(ctx.comps, c, case.precision, root)[1] for c in names]
         profile = flag(self.options, "profile", False)
         if profile:
             options = ort_options(self.options, str(ctx.work_dir / f"ort-profile-{'split' if self.split else 'one'}"))

@@ -102,7 +102,7 @@ def _onnx_graphs(components, onnx_dir: str | Path | None) -> dict[str, Path]:
     from sana_deploy.export import ensure_export
 
     root = Path(onnx_dir) if onnx_dir else default_export_root(components.model_id)
-    return {c: ensure_export(components, c, "fp32", root, parity=False)[0] for c in COMPONENTS}
+    return {c: ensure_export(components, c, "fp32", root)[0] for c in COMPONENTS}
 
 
 class _EngineWriter:
