@@ -65,6 +65,11 @@ def _rename(key: str, table: dict[str, str]) -> str | None:
     return None
 
 
+def _splits(value: object, parts: int) -> bool:
+    """Whether a fused weight splits into ``parts`` equal chunks along its first dimension."""
+    return isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] % parts == 0 and value.shape[0] > 0
+
+
 def nvlabs_to_diffusers(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Convert an original Sana state dict; returns (diffusers state dict, keys left unmapped)."""
     out: dict[str, torch.Tensor] = {}
@@ -82,7 +87,11 @@ def nvlabs_to_diffusers(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, 
             continue
         i, rest = m.groups()
         pre = f"transformer_blocks.{i}."
-        if rest == "attn.qkv.weight":
+        if rest in ("attn.qkv.weight", "cross_attn.kv_linear.weight", "cross_attn.kv_linear.bias") and not _splits(
+            value, 3 if rest == "attn.qkv.weight" else 2
+        ):
+            unmapped.append(key)  # a fused weight that cannot be split is reported, not guessed at
+        elif rest == "attn.qkv.weight":
             q, k, v = torch.chunk(value, 3, dim=0)
             out.update({pre + "attn1.to_q.weight": q, pre + "attn1.to_k.weight": k, pre + "attn1.to_v.weight": v})
         elif rest.startswith("cross_attn.kv_linear."):

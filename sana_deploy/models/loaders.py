@@ -74,6 +74,22 @@ def load_components(
     return load_transformer_file(path, dtype, preset)
 
 
+def _reason(exc: Exception) -> str:
+    """The line of a reader's error that says what is wrong (torch's weights-only refusal is a page of advice,
+    including to turn the check off, with the reason on its ``WeightsUnpickler error:`` line)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+
+    def sentence(text: str) -> str:
+        first = text.split(". ")[0].rstrip(".")
+        return first if len(first) <= 300 else first[:297] + "..."
+
+    for i, line in enumerate(lines):
+        if line.startswith("WeightsUnpickler error:"):
+            rest = line.removeprefix("WeightsUnpickler error:").strip() or (lines[i + 1] if i + 1 < len(lines) else "")
+            return f"not a weights-only file ({sentence(rest)})" if rest else "not a weights-only file"
+    return sentence(lines[0]) if lines else ""
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
@@ -83,8 +99,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, truncated, pickled code, not a checkpoint at all
         fail(
-            f"Could not read checkpoint {path}: {type(exc).__name__}: {exc}. Check that the file is a complete "
-            f"download of a .pth/.safetensors checkpoint (pickled code is refused: weights_only=True).",
+            f"Could not read checkpoint {path}: {type(exc).__name__}: {_reason(exc)}. Check that the file is a "
+            f"complete download of a .pth/.safetensors checkpoint (pickled code is refused: weights_only=True).",
             CheckpointError,
         )
     if not isinstance(obj, dict):
@@ -92,8 +108,67 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return unwrap(obj)
 
 
+def _weight_shape(sd: dict[str, torch.Tensor], key: str, ndim: int, path: Path) -> tuple[int, ...]:
+    """The shape of ``sd[key]``, which must be a tensor of at least ``ndim`` dimensions (else a CheckpointError
+    naming the key)."""
+    if key not in sd:
+        fail(
+            f"{path} is not a complete Sana transformer checkpoint: missing key {key}. Check that the file is a "
+            f"complete download, or pass --preset NAME to say which variant it is.",
+            CheckpointError,
+        )
+    value = sd[key]
+    if not isinstance(value, torch.Tensor) or value.dim() < ndim or 0 in value.shape[:ndim]:
+        found = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+        fail(
+            f"{path}: key {key} is {found}, not a {ndim}-D weight, so it is not a Sana transformer checkpoint "
+            f"sana-deploy can read. Check the file, or pass --preset NAME to say which variant it is.",
+            CheckpointError,
+        )
+    return tuple(value.shape)
+
+
+def _block_count(sd: dict[str, torch.Tensor], path: Path) -> int:
+    """``1 + the largest N`` of the ``transformer_blocks.N.*`` keys; keys with another form are named in the
+    error."""
+    indices, odd = set(), []
+    for key in sd:
+        if key.startswith("transformer_blocks."):
+            part = key.split(".")[1]
+            if part.isdigit() and part.isascii():
+                indices.add(int(part))
+            else:
+                odd.append(key)
+    if odd:
+        fail(
+            f"{path} has transformer block keys without a block number: {', '.join(sorted(odd)[:_SHOWN_KEYS])}. "
+            f"Sana block keys are transformer_blocks.N.* (or blocks.N.* in NVlabs checkpoints); check the file.",
+            CheckpointError,
+        )
+    if not indices:
+        fail(
+            f"{path} has no transformer blocks (no transformer_blocks.N.* or blocks.N.* keys), so it is not a "
+            f"complete Sana transformer checkpoint. Check that the file is a complete download.",
+            CheckpointError,
+        )
+    gaps = sorted(set(range(max(indices))) - indices)
+    if gaps:  # checked before a model of that depth is built: a stray block number cannot allocate blocks
+        shown = ", ".join(f"transformer_blocks.{i}.*" for i in gaps[:_SHOWN_KEYS])
+        more = f" ... (+{len(gaps) - _SHOWN_KEYS} more)" if len(gaps) > _SHOWN_KEYS else ""
+        fail(
+            f"{path} is missing whole transformer blocks (missing keys: {shown}{more}; the highest block is "
+            f"{max(indices)}). Check that the file is a complete download.",
+            CheckpointError,
+        )
+    return 1 + max(indices)
+
+
 def _config_from_weights(sd: dict[str, torch.Tensor], path: Path, preset: str | None) -> tuple[SanaPreset, str]:
-    """The preset a diffusers-layout transformer state dict is assumed to be, and a sentence saying why."""
+    """The preset a diffusers-layout transformer state dict is assumed to be, and a sentence saying why.
+
+    Every key it reads is checked first (present, a tensor of the right rank), so a damaged checkpoint is a
+    :class:`CheckpointError` naming the key, never a ``KeyError``/``IndexError``/``ValueError``.
+    """
     if "patch_embed.proj.weight" not in sd or "caption_projection.linear_1.weight" not in sd:
         sample = ", ".join(sorted(sd)[:5]) or "none"
         fail(
@@ -101,21 +176,24 @@ def _config_from_weights(sd: dict[str, torch.Tensor], path: Path, preset: str | 
             f"weights (first keys: {sample}). Pass a Sana .pth/.safetensors or a diffusers folder.",
             CheckpointError,
         )
-    hidden = sd["patch_embed.proj.weight"].shape[0]
-    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("transformer_blocks."))
-    if preset is not None:
+    if preset is not None:  # the strict load lists whatever does not match the given variant
         p = get_preset(preset)
         return p, f"preset {p.name} (given)"
+    hidden = _weight_shape(sd, "patch_embed.proj.weight", 1, path)[0]
+    depth = _block_count(sd, path)
     if hidden not in _CROSS_HEADS:
-        fail(f"{path}: hidden size {hidden} is not a released Sana size; pass --preset to say which config it is.")
+        fail(
+            f"{path}: hidden size {hidden} is not a released Sana size; pass --preset to say which config it is.",
+            CheckpointError,
+        )
     heads, head_dim = _CROSS_HEADS[hidden]
     t = TransformerConfig(
         num_layers=depth,
         hidden_size=hidden,
         num_cross_attention_heads=heads,
         cross_attention_head_dim=head_dim,
-        caption_channels=sd["caption_projection.linear_1.weight"].shape[1],
-        mlp_ratio=sd["transformer_blocks.0.ff.conv_point.weight"].shape[1] / hidden,
+        caption_channels=_weight_shape(sd, "caption_projection.linear_1.weight", 2, path)[1],
+        mlp_ratio=_weight_shape(sd, "transformer_blocks.0.ff.conv_point.weight", 2, path)[1] / hidden,
         qk_norm="transformer_blocks.0.attn1.norm_q.weight" in sd,
     )
     p = preset_for(t)
@@ -127,6 +205,8 @@ def _config_from_weights(sd: dict[str, torch.Tensor], path: Path, preset: str | 
 
 def load_transformer_file(path: Path, dtype: torch.dtype = torch.float32, preset: str | None = None) -> SanaComponents:
     """A single transformer checkpoint, NVlabs or diffusers keys, ``.pth``/``.pt``/``.bin``/``.safetensors``."""
+    if preset is not None:
+        get_preset(preset)  # an unknown --preset fails before the file is read
     sd = _read_state_dict(path)
     layout = "diffusers"
     if is_nvlabs(sd):
@@ -135,7 +215,7 @@ def load_transformer_file(path: Path, dtype: torch.dtype = torch.float32, preset
         if unmapped:
             sd.update({k: torch.empty(0) for k in unmapped})  # reported as unexpected below
     p, why = _config_from_weights(sd, path, preset)
-    model = _strict_load(SanaTransformer(p.transformer), sd, path, why)
+    model = _strict_load(_new_transformer(p.transformer, path), sd, path, why)
     return SanaComponents(
         preset=p, model_id=str(path), transformer=model.to(dtype).eval(), source=f"{layout} checkpoint, {why}"
     )
@@ -146,8 +226,9 @@ def _strict_load(model: SanaTransformer, sd: dict[str, torch.Tensor], path: Path
     expected = model.state_dict()
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
-    mismatched = sorted(k for k in set(sd) & set(expected) if sd[k].shape != expected[k].shape)
-    if missing or unexpected or mismatched:
+    not_tensors = sorted(k for k in set(sd) & set(expected) if not isinstance(sd[k], torch.Tensor))
+    mismatched = sorted(k for k in set(sd) & set(expected) - set(not_tensors) if sd[k].shape != expected[k].shape)
+    if missing or unexpected or mismatched or not_tensors:
 
         def show(keys: list[str]) -> str:
             more = f" ... (+{len(keys) - _SHOWN_KEYS} more)" if len(keys) > _SHOWN_KEYS else ""
@@ -161,6 +242,9 @@ def _strict_load(model: SanaTransformer, sd: dict[str, torch.Tensor], path: Path
         if mismatched:
             shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(expected[k].shape)}" for k in mismatched]
             lines.append(f"  shape mismatches ({len(mismatched)}): {show(shapes)}")
+        if not_tensors:
+            kinds = [f"{k} ({type(sd[k]).__name__})" for k in not_tensors]
+            lines.append(f"  values that are not tensors ({len(not_tensors)}): {show(kinds)}")
         lines.append("Pass --preset NAME if the variant was guessed wrong, or check the checkpoint is complete.")
         fail("\n".join(lines), CheckpointError)
     model.load_state_dict(sd, strict=True)
@@ -169,9 +253,35 @@ def _strict_load(model: SanaTransformer, sd: dict[str, torch.Tensor], path: Path
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         fail(f"Could not read {path}: {exc}", CheckpointError)
+    if not isinstance(data, dict):
+        fail(f"{path} is not a JSON object (found {type(data).__name__}); check the file.", CheckpointError)
+    return data
+
+
+def _transformer_config(path: Path) -> TransformerConfig:
+    """The transformer config of a diffusers folder; a value of the wrong type is a CheckpointError naming the
+    file."""
+    try:
+        return TransformerConfig.from_diffusers(_read_json(path))
+    except (TypeError, ValueError, ArithmeticError) as exc:
+        fail(
+            f"{path} has a value sana-deploy cannot use ({type(exc).__name__}: {exc}); check the file.", CheckpointError
+        )
+
+
+def _new_transformer(config: TransformerConfig, source: Path) -> SanaTransformer:
+    """An empty transformer of ``config``; a config no transformer can be built from names ``source``."""
+    try:
+        return SanaTransformer(config)
+    except (TypeError, ValueError, ArithmeticError, RuntimeError) as exc:
+        fail(
+            f"Cannot build a Sana transformer from the config of {source} ({type(exc).__name__}: {exc}); check "
+            f"that {source} is a Sana transformer and its config values are numbers of the right kind.",
+            CheckpointError,
+        )
 
 
 def _folder_state_dict(folder: Path) -> dict[str, torch.Tensor]:
@@ -196,7 +306,7 @@ def load_diffusers_folder(
             f"that holds transformer/, vae/, text_encoder/ and tokenizer/.",
             CheckpointError,
         )
-    tcfg = TransformerConfig.from_diffusers(_read_json(folder / "transformer" / "config.json"))
+    tcfg = _transformer_config(folder / "transformer" / "config.json")
     known = preset_for(tcfg)
     flow_shift = known.flow_shift if known else 3.0
     sched = folder / "scheduler" / "scheduler_config.json"
@@ -217,7 +327,8 @@ def load_diffusers_folder(
     out = SanaComponents(preset=preset, model_id=str(folder), source=f"diffusers folder, {why}")
     if "transformer" in components:
         sd = _folder_state_dict(folder / "transformer")
-        out.transformer = _strict_load(SanaTransformer(tcfg), sd, folder / "transformer", why).to(dtype).eval()
+        model = _new_transformer(tcfg, folder / "transformer")
+        out.transformer = _strict_load(model, sd, folder / "transformer", why).to(dtype).eval()
     if "vae" in components:
         from diffusers import AutoencoderDC
 
