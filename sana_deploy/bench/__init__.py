@@ -16,6 +16,7 @@ from sana_deploy.bench.harness import RESULT_FORMAT, BenchSettings, run_bench
 from sana_deploy.bench.report import collate, markdown, text_table, write_atomic, write_json
 from sana_deploy.bench.stats import STATISTICS, percentile, summarize
 from sana_deploy.contract import torch_dtype
+from sana_deploy.errors import fail
 
 
 def bench(
@@ -50,6 +51,8 @@ def bench(
     settings = BenchSettings(warmup=warmup, runs=runs, interleave=interleave)
     if work_dir is not None:
         settings.work_dir = Path(work_dir)
+        if settings.work_dir.exists() and not settings.work_dir.is_dir():
+            fail(f"--work-dir {work_dir} is a file; pass a folder (a missing one is created).")
     cases = [
         BenchCase(
             model,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -9,6 +10,7 @@ import torch
 from sana_deploy.contract import check_base, parse_profiles
 from sana_deploy.errors import fail
 from sana_deploy.models.config import TEXT_MAX_LENGTH, VAE_SCALE
+from sana_deploy.runtime.generate import MAX_STEPS
 
 STAGES = ("text_encode", "step", "loop", "vae_decode", "e2e")
 STAGE_LABELS = {
@@ -43,6 +45,10 @@ class BenchCase:
         object.__setattr__(self, "profile", check_base(self.profile))
         if not isinstance(self.steps, int) or self.steps < 1:
             fail(f"--steps must be at least 1 (got {self.steps}).")
+        if self.steps > MAX_STEPS:
+            fail(f"--steps must be at most {MAX_STEPS}, the most generate and serve run (got {self.steps}).")
+        if not isinstance(self.guidance_scale, int | float) or not math.isfinite(self.guidance_scale):
+            fail(f"--guidance-scale must be a finite number (e.g. 4.5), got {self.guidance_scale!r}.")
         if self.text_encoder_layers is not None and self.text_encoder_layers < 1:
             fail(f"--text-encoder-layers must be at least 1 (got {self.text_encoder_layers}).")
 

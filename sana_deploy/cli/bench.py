@@ -10,6 +10,7 @@ import click
 from sana_deploy.bench.case import STAGES
 from sana_deploy.bench.contenders import CONTENDERS
 from sana_deploy.cli.options import PRECISIONS, model_option
+from sana_deploy.runtime.generate import MAX_STEPS, check_writable
 
 
 @click.command()
@@ -27,7 +28,9 @@ from sana_deploy.cli.options import PRECISIONS, model_option
     help=f"Comma-separated, from {', '.join(CONTENDERS)}; options as name[key=value,...]. "
     "diffusers-eager (the baseline) is always added.",
 )
-@click.option("--steps", default=20, show_default=True, type=int, help="Denoising steps of every request.")
+@click.option(
+    "--steps", default=20, show_default=True, type=int, help=f"Denoising steps of every request (1 to {MAX_STEPS})."
+)
 @click.option(
     "--stages",
     default="all",
@@ -81,6 +84,14 @@ def bench(
     from sana_deploy.bench import bench as run
     from sana_deploy.bench.report import markdown, text_table, write_atomic, write_json
 
+    outputs = (
+        ("--json", json_path, "results.json"),
+        ("--markdown", md_path, "results.md"),
+        ("--plot", plot_path, "results.png"),
+    )
+    for option, path, example in outputs:
+        if path is not None:  # before the benchmark runs, not after
+            check_writable(path, option, example)
     result = run(
         model=model,
         profiles=profiles,

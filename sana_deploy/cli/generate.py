@@ -8,8 +8,7 @@ import click
 
 from sana_deploy.cli.options import PRECISIONS, kv_cache_option, model_option, preset_option, random_weights_option
 from sana_deploy.contract import MISS_POLICIES
-from sana_deploy.errors import fail
-from sana_deploy.runtime.generate import GenerateRequest, generate_images
+from sana_deploy.runtime.generate import MAX_STEPS, GenerateRequest, generate_images, read_prompts
 from sana_deploy.runtime.providers import RUNTIME_BACKENDS
 from sana_deploy.runtime.solvers import SAMPLERS
 
@@ -35,8 +34,16 @@ from sana_deploy.runtime.solvers import SAMPLERS
 @random_weights_option
 @click.option("--height", type=int, default=None, help="Image height in pixels [model's resolution].")
 @click.option("--width", type=int, default=None, help="Image width in pixels [model's resolution].")
-@click.option("--steps", type=int, default=None, help="Denoising steps [20 flow-dpm-solver, 28 flow-euler].")
-@click.option("--cfg-scale", type=float, default=4.5, show_default=True, help="Classifier-free guidance scale.")
+@click.option(
+    "--steps", type=int, default=None, help=f"Denoising steps, 1 to {MAX_STEPS} [20 flow-dpm-solver, 28 flow-euler]."
+)
+@click.option(
+    "--cfg-scale",
+    type=float,
+    default=4.5,
+    show_default=True,
+    help="Classifier-free guidance scale (finite; 1 or less: no guidance).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--sampler", type=click.Choice(SAMPLERS), default="flow-dpm-solver", show_default=True)
 @click.option(
@@ -95,9 +102,7 @@ def generate(
     """Generate images from PROMPT (or --prompts FILE) and write PNGs."""
     prompts = [prompt] if prompt else []
     if prompts_file is not None:
-        prompts += [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
-    if not prompts:
-        fail("Give a PROMPT argument or --prompts FILE with one prompt per line.")
+        prompts += read_prompts(prompts_file)
     request = GenerateRequest(
         prompts=prompts,
         output=output,

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import math
+import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,11 +15,17 @@ import torch
 from sana_deploy.contract import model_dirname
 from sana_deploy.engines import EngineCache
 from sana_deploy.errors import fail
+from sana_deploy.models.config import PRESETS
 from sana_deploy.runtime.images import save_png
 from sana_deploy.runtime.pipeline import SanaDeployPipeline
 from sana_deploy.runtime.providers import engine_cache_has
+from sana_deploy.runtime.resolution import check_size, plan_size
 from sana_deploy.runtime.solvers import DEFAULT_STEPS
 from sana_deploy.runtime.tiling import TilingConfig
+
+MAX_STEPS = 50  # the most denoising steps generate and bench run; the server's default cap (ServeSettings)
+MAX_PROMPTS_FILE_BYTES = 16 * 1024 * 1024
+_SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 
 @dataclass
@@ -73,18 +83,90 @@ def build_pipeline(req: GenerateRequest) -> SanaDeployPipeline:
 
 
 def output_paths(output: Path, count: int) -> list[Path]:
+    """The PNG paths of ``count`` images, each checked to be writable (before any generation runs)."""
+    output = Path(output)
+    if output.is_dir():
+        fail(f"--output {output} is a folder; give a file name in it, e.g. -o {output / 'sana.png'}.")
     if output.suffix.lower() != ".png":
         fail(f"--output {output} must end in .png (the images are written as PNG).")
-    if count == 1:
-        return [output]
-    return [output.with_name(f"{output.stem}_{i}{output.suffix}") for i in range(count)]
+    paths = [output] if count == 1 else [output.with_name(f"{output.stem}_{i}{output.suffix}") for i in range(count)]
+    for path in paths:
+        check_writable(path, "--output")
+    return paths
+
+
+def check_writable(path: str | Path, option: str, example: str = "sana.png") -> Path:
+    """Fail now, before any work is done, when ``path`` cannot be written as a file: it is a folder, a file
+    stands where a folder of its path should be, or its folder cannot be written (permissions, a read-only
+    filesystem). Probes with a temporary file in the nearest existing folder; creates nothing that stays."""
+    path = Path(path)
+    folder = path.parent
+    try:
+        if path.is_dir():
+            fail(f"{option} {path} is a folder; give a file path, e.g. {option} {path / example}.")
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            fail(f"{option} {path}: {folder} is a file, not a folder; choose a path in a folder.")
+        fd, probe = tempfile.mkstemp(prefix=".tmp-write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        why = "the filesystem is read-only" if exc.errno == errno.EROFS else (exc.strerror or str(exc)).lower()
+        fail(f"Cannot write {option} {path}: {why} ({folder}). Choose a path in a folder you can write.")
+    return path
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """The prompts of a text file: one per line, UTF-8, blank lines skipped."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_PROMPTS_FILE_BYTES + 1)
+    except OSError as exc:
+        fail(f"Cannot read --prompts {path}: {(exc.strerror or str(exc)).lower()}. Pass a text file.")
+    if len(data) > MAX_PROMPTS_FILE_BYTES:
+        fail(f"--prompts {path} is larger than {MAX_PROMPTS_FILE_BYTES // 2**20} MiB; pass a text file of prompts.")
+    if b"\0" in data:
+        fail(f"--prompts {path} is not a text file (it contains NUL bytes); pass a UTF-8 file, one prompt a line.")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        fail(
+            f"--prompts {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); pass a UTF-8 "
+            f"file, one prompt a line."
+        )
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def check_request(req: GenerateRequest) -> int:
+    """Check the values no later stage checks before the work starts; returns the step count."""
+    if not req.prompts:
+        fail("Give a PROMPT argument or --prompts FILE with one prompt per line.")
+    if not isinstance(req.batch, int) or req.batch < 1:
+        fail(f"--batch must be a positive integer, got {req.batch!r}.")
+    steps = req.steps if req.steps is not None else DEFAULT_STEPS.get(req.sampler, 20)
+    if not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        fail(f"--steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}.")
+    if not isinstance(req.cfg_scale, int | float) or not math.isfinite(req.cfg_scale):
+        fail(f"--cfg-scale must be a finite number (e.g. 4.5; 1 turns guidance off), got {req.cfg_scale!r}.")
+    for name, value in (("height", req.height), ("width", req.width)):
+        if value is not None:
+            check_size(f"--{name}", value)
+    if str(req.model).lower() in PRESETS:  # a size the model cannot generate fails before the model loads
+        plan_size(req.height, req.width, PRESETS[str(req.model).lower()], req.resolution_binning)
+    low, high = _SEED_RANGE
+    if not isinstance(req.seed, int) or not low <= req.seed <= high - (len(req.prompts) - 1):
+        fail(f"--seed must be an integer from 0 to {high - (len(req.prompts) - 1)}, got {req.seed!r}.")
+    return steps
 
 
 def generate_images(req: GenerateRequest) -> Iterator[str]:
-    """Run every prompt (``batch`` images each, one pipeline call per prompt) and yield one line per image."""
-    if not isinstance(req.batch, int) or req.batch < 1:
-        fail(f"--batch must be a positive integer, got {req.batch!r}.")
-    steps = req.steps if req.steps is not None else DEFAULT_STEPS[req.sampler]
+    """Run every prompt (``batch`` images each, one pipeline call per prompt) and yield one line per image.
+
+    Every value and the output paths are checked before the model loads, so a bad option or an unwritable
+    ``--output`` fails at once, not after the generation."""
+    steps = check_request(req)
     paths = output_paths(Path(req.output), len(req.prompts) * req.batch)
     pipe = build_pipeline(req)
     pipe.set_progress_bar(req.progress)
