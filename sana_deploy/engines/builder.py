@@ -248,7 +248,7 @@ def build_engines(
         return components
 
     root = Path(export_root) if export_root is not None else default_export_root(model)
-    exports = exports_for(components, names, precision, root, say)
+    exports = exports_for(components, names, chosen.export_precision(precision), root, say)
     tasks = [(exports[c], Profile.from_base(b, max_batch, static)) for c in names for b in bases]
     entries: list[EngineEntry] = []
     seen: set[str] = set()

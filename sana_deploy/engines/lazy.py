@@ -22,6 +22,7 @@ from sana_deploy.engines.records import CacheError, EngineEntry, is_plain_name
 from sana_deploy.errors import fail
 from sana_deploy.runners import AotiRunner, OrtOptions, OrtRunner, Runner, TrtRunner
 from sana_deploy.runners.base import shapes_from_meta
+from sana_deploy.runners.openvino import OpenVinoRunner
 
 
 def _value(v):  # noqa: ANN001, ANN202
@@ -199,6 +200,8 @@ def runner_for(entry: EngineEntry) -> Runner:
     if entry.backend == "onnxruntime":  # optimised at build time: no re-optimisation at start
         opts = OrtOptions(opt="disable")
         return OrtRunner(entry.artifact, entry.component, entry.precision, opts, shapes, _ort_providers(entry))
+    if entry.backend == "openvino":  # the IR, compiled for the CPU with the entry's precision hint
+        return OpenVinoRunner(entry.artifact, entry.component, entry.precision, shapes, names[1])
     if entry.backend == "aoti":
         device = info.get("device", "cpu")
         base = _lora_base(entry)

@@ -32,7 +32,7 @@ from sana_deploy.runners import Runner
 from sana_deploy.runners.weights import WeightSwapError
 from sana_deploy.runtime.denoiser import Denoiser, OneGraphDenoiser, SplitDenoiser
 
-RUNTIME_BACKENDS = ("auto", "torch", "onnxruntime", "aoti", "tensorrt", "tensorrt-rtx")
+RUNTIME_BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "aoti", "tensorrt", "tensorrt-rtx")
 _CUDA_ONLY = ("tensorrt", "tensorrt-rtx")
 
 

@@ -12,12 +12,13 @@ from sana_deploy.engines.backends.base import (
     EngineBuildError,
 )
 from sana_deploy.engines.backends.onnxruntime import OnnxRuntimeBackend
+from sana_deploy.engines.backends.openvino import OpenVinoBackend
 from sana_deploy.engines.backends.tensorrt import TensorRtBackend
 from sana_deploy.engines.backends.tensorrt_rtx import TensorRtRtxBackend
 from sana_deploy.errors import fail
 
 BACKENDS: dict[str, Backend] = {
-    b.name: b for b in (TensorRtBackend(), TensorRtRtxBackend(), OnnxRuntimeBackend(), AotiBackend())
+    b.name: b for b in (TensorRtBackend(), TensorRtRtxBackend(), OnnxRuntimeBackend(), AotiBackend(), OpenVinoBackend())
 }
 BACKEND_CHOICES = (*BACKENDS, "auto")
 

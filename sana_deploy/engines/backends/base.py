@@ -111,6 +111,10 @@ class Backend(ABC):
     def plugin_hashes(self, options: BuildOptions) -> dict[str, str]:
         return {}
 
+    def export_precision(self, precision: str) -> str:
+        """The precision of the ONNX export an engine of ``precision`` is built from (OpenVINO: bf16 is a hint)."""
+        return precision
+
     def can_run(self, device: str) -> str | None:
         """None if an artifact built for ``device`` runs on this machine, else the reason it cannot."""
         from sana_deploy.engines.devices import current_device
