@@ -29,6 +29,14 @@ class ParityError(ExportError):
         self.results = list(results or [])
 
 
+class NonFiniteError(SanaDeployError):
+    """A pipeline stage returned NaN or inf (``stage``: which one); no image is made from it."""
+
+    def __init__(self, message: str, stage: str = "") -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
 class ShapeError(SanaDeployError):
     """A resolution, batch or profile is not valid."""
 

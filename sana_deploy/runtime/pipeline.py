@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sana_deploy.errors import SanaDeployError, fail
+from sana_deploy.errors import NonFiniteError, SanaDeployError, fail
 from sana_deploy.models.components import SanaComponents
 from sana_deploy.models.config import LATENT_CHANNELS, SanaPreset
 from sana_deploy.runners import OrtOptions
@@ -80,6 +80,22 @@ def _latents(shape: tuple[int, ...], generator, device: torch.device) -> torch.T
         return torch.cat(parts).to(device)
     gen_device = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=gen_device).to(device)
+
+
+def require_finite(tensor: torch.Tensor, stage: str, label: str, plan: SizePlan, where: str = "") -> None:
+    """Refuse a stage output with NaN or inf: a :class:`NonFiniteError` naming the stage, its backend and the size
+    it ran at (one reduction over a tensor the pipeline holds anyway; no image is ever made from it)."""
+    if bool(torch.isfinite(tensor).all()):
+        return
+    kind = "NaN" if bool(torch.isnan(tensor).any()) else "inf"
+    size = f"{plan.width}x{plan.height}"
+    raise NonFiniteError(
+        f"The {stage} ({label}) returned {kind} at {size}{f' {where}' if where else ''}; no image was made. "
+        f"Run the same request with --backend torch: if it is finite there, this engine or export does not compute "
+        f"the model correctly (rebuild it; `sana-deploy export` prints the parity report), else the weights or the "
+        f"precision overflow (try --precision fp32).",
+        stage,
+    )
 
 
 class SanaDeployPipeline:
@@ -228,6 +244,7 @@ class SanaDeployPipeline:
         # 1. text: each distinct text encoded once per request
         start = self._clock()
         emb, mask, backends["text_encoder"] = self._encode(prompts, negatives if cfg else None, plan, len(prompts))
+        require_finite(emb, "text_encoder", backends["text_encoder"], plan)
         groups = 2 if cfg else 1  # [negatives; prompts] -> repeat each row n times, keeping the group order
         emb = emb.repeat_interleave(n, dim=0).to(self.device)
         mask = mask.repeat_interleave(n, dim=0).to(self.device)
@@ -241,15 +258,19 @@ class SanaDeployPipeline:
         x = _latents(shape, generator, self.device) if latents is None else latents.to(self.device, torch.float32)
         if tuple(x.shape) != shape:
             fail(f"latents must have shape {shape} for this request, got {tuple(x.shape)}.")
+        if latents is not None and not bool(torch.isfinite(x).all()):
+            fail("latents contain NaN or inf; pass finite latents (or none: they are drawn from the generator).")
         denoiser = self.provider.denoiser(plan.height, plan.width, groups * batch)
         backends["transformer"] = denoiser.label
         cond = denoiser.prepare(emb, mask)
+        require_finite(cond.text, "transformer", denoiser.label, plan, "in the caption K/V")
         step_seconds = []
         for i in self._steps(solver.steps):
             step_start = self._clock()
             model_in = torch.cat([x, x]) if cfg else x
             t = solver.model_timestep(model_in.shape[0], self.device)
             v = denoiser(model_in, t, cond).float()
+            require_finite(v, "transformer", denoiser.label, plan, f"at step {i + 1} of {solver.steps}")
             if cfg:
                 v_uncond, v_cond = v.chunk(2)
                 v = v_uncond + guidance_scale * (v_cond - v_uncond)
@@ -258,6 +279,7 @@ class SanaDeployPipeline:
             if callback is not None:
                 callback(i, float(t[0]), x)
         seconds["denoise"] = self._clock() - start
+        require_finite(x, "denoising loop", f"{sampler} over {denoiser.label}", plan, "in the final latents")
         result = SanaDeployOutput(x, plan.height, plan.width, seconds, backends, "off", step_seconds, denoiser.kind)
         if output_type == "latent":
             seconds["total"] = self._clock() - call_start
@@ -266,6 +288,7 @@ class SanaDeployPipeline:
         # 3. DC-AE decode (tiled above the threshold), resize back from the bucket, convert
         start = self._clock()
         image, result.tiled_decode = self._decode(x / self.preset.vae_scaling_factor, plan.height, plan.width, backends)
+        require_finite(image, "vae", backends["vae"], plan)
         seconds["vae"] = self._clock() - start
         if plan.resized:
             image = resize_and_crop(image, plan.out_height, plan.out_width)
