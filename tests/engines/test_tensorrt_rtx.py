@@ -163,3 +163,27 @@ def test_shared_timing_cache_is_merged_under_a_lock(tmp_path):
         merge_timing_cache(config, load_timing_cache(config, path), path)  # merging into an existing file
     assert path.exists() and path.stat().st_size > 0 and (tmp_path / ".timing" / "x.cache.lock").exists()
     assert not list(path.parent.glob(".tmp-*"))
+
+
+def test_every_lora_target_can_be_marked_refittable(export_root):
+    """LoRA swaps refit TensorRT engines: every LoRA-targetable weight of each transformer graph (the export's
+    weight map) is found by its initializer's name in the parsed network and marked refittable. Building a
+    refittable tensorrt-rtx engine needs one GPU architecture and CUDA (its code generator checks both), and
+    running the refit needs CUDA: unverified here."""
+    from sana_deploy.engines.backends.trt_common import make_logger, mark_refittable, parse_network
+    from sana_deploy.runners.weights import read_weight_map
+
+    for component in ("transformer_text", "transformer_cached"):
+        logger = make_logger(trt)
+        builder = trt.Builder(logger)
+        onnx_path = export_root / "fp32" / component / "model.onnx"
+        network, _parser = parse_network(trt, builder, logger, onnx_path, False)
+        refs = read_weight_map(onnx_path.parent)
+        assert refs and mark_refittable(network, refs) == {n: r.name for n, r in refs.items()}
+        assert all(network.are_weights_marked_refittable(r.name) for r in refs.values())
+
+
+def test_cpu_builds_keep_weights_constant_and_say_so(rtx_engines):
+    """A multi-architecture build (every build without a GPU) cannot have refittable weights."""
+    _, entries = rtx_engines
+    assert all("+" in e.device and not e.meta["info"].get("refittable_weights") for e in entries)

@@ -187,12 +187,24 @@ def mark_lora_refittable(trt: ModuleType, network, config, job: BuildJob) -> dic
     o = job.options
     if not (o.lora_refit and job.component.startswith("transformer")) or o.strip_weights:
         return {}
+    if "+" in job.device:
+        # TensorRT-RTX compiles refittable weights for one GPU architecture only, with CUDA present (its Myelin
+        # code generator checks both); a multi-target build, such as any build on a machine without a GPU, keeps
+        # its weights constant and LoRA swaps on it are refused with a message.
+        job.progress(f"LoRA weights not refittable: {job.device} is a multi-architecture build")
+        return {}
     refs = read_weight_map(job.onnx_path.parent) or {}
-    marked = {n: r.name for n, r in refs.items() if network.mark_weights_refittable(r.name)}
+    marked = mark_refittable(network, refs)
     if marked:
         config.set_flag(trt.BuilderFlag.REFIT_INDIVIDUAL)
     job.progress(f"{len(marked)} of {len(refs)} LoRA-targetable weights marked refittable")
     return marked
+
+
+def mark_refittable(network, refs: dict) -> dict[str, str]:  # noqa: ANN001 (INetworkDefinition)
+    """Mark each weight of ``refs`` (a weight map) refittable in the parsed network, by its initializer's name;
+    returns ``{parameter name: weights name}`` of those the network has."""
+    return {n: r.name for n, r in refs.items() if network.mark_weights_refittable(r.name)}
 
 
 # --- reading a plan without CUDA --------------------------------------------------------------------------------
