@@ -57,6 +57,7 @@ class Case:
     fresh: bool = False
     timeout: float = 180.0
     marks: tuple = ()
+    after: Callable[[Workspace], bool] | None = None  # holds once the command has run (e.g. nothing was created)
 
 
 # ----- setups: the files a case needs, written into its folder -----
@@ -128,6 +129,11 @@ def _diffusers_config(config: str) -> Callable[[Workspace], None]:
     return _all(_write("folder/model_index.json", "{}"), _write("folder/transformer/config.json", config))
 
 
+def _only(*names: str) -> Callable[[Workspace], bool]:
+    """After the command, the case's folder holds exactly ``names`` (what its setup wrote): nothing created."""
+    return lambda ws: sorted(str(p.relative_to(ws.tmp)) for p in ws.tmp.rglob("*")) == sorted(names)
+
+
 _MANIFEST_FORMAT = "sana-deploy/engines-manifest/1"
 _NOT_ROOT = pytest.mark.skipif(AS_ROOT, reason="root writes through folder permissions")
 
@@ -184,16 +190,17 @@ CASES: list[Case] = [
     Case("missing-prompts-file", ("generate", "--prompts", "nope.txt"), "does not exist"),
     Case("prompts-file-is-a-folder", ("generate", "--prompts", "d"), "is a directory", _folders("d")),
     # --- generate: output path (checked before the model loads) ---
-    Case("output-is-a-folder", (*G, "-o", "d"), "is a folder", _folders("d")),
+    Case("output-is-a-folder", (*G, "-o", "d"), "is a folder", _folders("d"), after=_only("d")),
     Case("output-is-a-folder-named-png", (*G, "-o", "d.png"), "is a folder", _folders("d.png")),
     Case("output-not-png", (*G, "-o", "x.jpg"), "must end in .png"),
-    Case("output-under-a-file", (*G, "-o", "f/x.png"), "is a file, not a folder", _write("f", "x")),
+    Case("output-under-a-file", (*G, "-o", "f/x.png"), "is a file, not a folder", _write("f", "x"), after=_only("f")),
     Case(
         "output-on-read-only-filesystem",
         (*G, "-o", "ro/x.png"),
         "read-only",
         _folders("ro"),
         prelude=_readonly_fs("ro"),
+        after=_only("ro"),
     ),
     Case(
         "output-folder-not-writable",
@@ -203,7 +210,7 @@ CASES: list[Case] = [
         marks=(_NOT_ROOT,),
     ),
     # --- generate: values ---
-    Case("steps-too-many", (*G, "--steps", "10000"), f"from 1 to {MAX_STEPS}"),
+    Case("steps-too-many", (*G, "--steps", "10000", "-o", "new/x.png"), f"from 1 to {MAX_STEPS}", after=_only()),
     Case("steps-too-many-console-script", (*G, "--steps", "10000"), f"from 1 to {MAX_STEPS}", fresh=True),
     Case("steps-zero", (*G, "--steps", "0"), f"from 1 to {MAX_STEPS}"),
     Case("steps-not-a-number", (*G, "--steps", "many"), "is not a valid integer"),
@@ -363,6 +370,13 @@ CASES: list[Case] = [
     ),
     Case("engines-inspect-unknown-key", ("engines", "inspect", "nosuch", "--engine-dir", "e"), "No cached engine key"),
     Case("engines-unknown-subcommand", ("engines", "rebuild"), "No such command"),
+    Case(
+        "engines-list-missing-folder", ("engines", "list", "--engine-dir", "none"), "No engines", exit=0, after=_only()
+    ),
+    Case("engines-verify-missing-folder", ("engines", "verify", "--engine-dir", "none"), "0 ok", exit=0, after=_only()),
+    Case(
+        "engines-prune-missing-folder", ("engines", "prune", "--engine-dir", "none"), "0 removed", exit=0, after=_only()
+    ),
     Case(
         "engines-list-read-only-empty-folder",
         ("engines", "list", "--engine-dir", "ro"),
@@ -652,6 +666,7 @@ def test_bad_input_is_a_message(case: Case, tmp_path: Path, request: pytest.Fixt
         assert rc == case.exit, shown
     expected = (case.message,) if isinstance(case.message, str) else case.message
     assert any(m in output for m in expected), shown
+    assert case.after is None or case.after(ws), f"{shown}\nleft behind: {sorted(map(str, ws.tmp.rglob('*')))}"
 
 
 def test_case_ids_are_unique() -> None:
