@@ -63,6 +63,16 @@ class Case:
 # ----- setups: the files a case needs, written into its folder -----
 
 
+def _lora_bytes(
+    width: int = 64, module: str = "transformer_blocks.0.attn1.to_q", prefix: str = "transformer."
+) -> bytes:
+    """A PEFT-layout LoRA file for sana-tiny (hidden size 64) or, with another width, for another model size."""
+    from safetensors.torch import save
+
+    key = f"{prefix}{module}"
+    return save({f"{key}.lora_A.weight": torch.ones(4, width), f"{key}.lora_B.weight": torch.ones(width, 4)})
+
+
 def _write(name: str, data: bytes | str) -> Callable[[Workspace], None]:
     def setup(ws: Workspace) -> None:
         path = ws.tmp / name
@@ -222,6 +232,42 @@ CASES: list[Case] = [
     Case("batch-zero", (*G, "--batch", "0"), "--batch must be a positive integer"),
     Case("seed-too-large", (*G, "--seed", str(2**70)), "--seed must be an integer"),
     Case("vae-tile-zero", (*G, "--vae-tile", "0", "--vae-tiling", "on"), "VAE tile must be at least"),
+    Case("lora-missing-file", (*G, "--lora", "nope.safetensors"), "no such file"),
+    Case(
+        "lora-negative-weight", (*G, "--lora", "a.safetensors:-1"), "finite number >= 0", _write("a.safetensors", b"x")
+    ),
+    Case("lora-nan-weight", (*G, "--lora", "a.safetensors:nan"), "finite number >= 0", _write("a.safetensors", b"x")),
+    Case(
+        "lora-not-safetensors",
+        (*G, "--lora", "a.safetensors"),
+        "cannot be read as safetensors",
+        _write("a.safetensors", b"junk"),
+    ),
+    Case(
+        "lora-truncated",
+        (*G, "--lora", "a.safetensors"),
+        "corrupt or truncated",
+        _write("a.safetensors", _lora_bytes()[:100]),
+    ),
+    Case("lora-pickle", (*G, "--lora", "a.bin"), "pickle", _write("a.bin", b"\x80\x04K\x01.")),
+    Case(
+        "lora-other-model-size",
+        (*G, "--lora", "a.safetensors"),
+        "another model size",
+        _write("a.safetensors", _lora_bytes(width=96)),
+    ),
+    Case(
+        "lora-keys-match-nothing",
+        (*G, "--lora", "a.safetensors"),
+        "does not have",
+        _write("a.safetensors", _lora_bytes(module="nothing.here")),
+    ),
+    Case(
+        "lora-text-encoder",
+        (*G, "--lora", "a.safetensors"),
+        "text-encoder",
+        _write("a.safetensors", _lora_bytes(prefix="text_encoder.")),
+    ),
     Case("unknown-sampler", (*G, "--sampler", "ddim"), "Invalid value for '--sampler'"),
     Case("unknown-backend", (*G[:3], "warp", "--no-progress"), "Invalid value for '--backend'"),
     Case("tensorrt-without-it", (*G[:3], "tensorrt", *G[4:], "--steps", "1"), ("CUDA", "not installed")),
@@ -453,6 +499,18 @@ CASES: list[Case] = [
     ),
     # --- serve (start-up checks: it must refuse to start) ---
     Case("serve-max-n-zero", (*SERVE, "--max-n", "0"), "--max-n", timeout=SERVE_TIMEOUT_S),
+    Case("serve-lora-dir-missing", (*SERVE, "--lora-dir", "nope"), "--lora-dir", timeout=SERVE_TIMEOUT_S),
+    Case(
+        "serve-lora-dir-empty", (*SERVE, "--lora-dir", "d"), "no .safetensors", _folders("d"), timeout=SERVE_TIMEOUT_S
+    ),
+    Case("serve-lora-cache-zero", (*SERVE, "--lora-cache", "0"), "--lora-cache", timeout=SERVE_TIMEOUT_S),
+    Case(
+        "serve-lora-bad-adapter",
+        (*SERVE, "--lora-dir", "d"),
+        "another model size",
+        _write("d/big.safetensors", _lora_bytes(width=96)),
+        timeout=SERVE_TIMEOUT_S,
+    ),
     Case("serve-max-queue-zero", (*SERVE, "--max-queue", "0"), "--max-queue", timeout=SERVE_TIMEOUT_S),
     Case("serve-timeout-zero", (*SERVE, "--timeout", "0"), "--timeout", timeout=SERVE_TIMEOUT_S),
     Case("serve-timeout-negative", (*SERVE, "--timeout", "-5"), "--timeout", timeout=SERVE_TIMEOUT_S),

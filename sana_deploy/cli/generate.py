@@ -8,7 +8,7 @@ import click
 
 from sana_deploy.cli.options import PRECISIONS, kv_cache_option, model_option, preset_option, random_weights_option
 from sana_deploy.contract import MISS_POLICIES
-from sana_deploy.runtime.generate import MAX_STEPS, GenerateRequest, generate_images, read_prompts
+from sana_deploy.runtime.generate import MAX_STEPS, GenerateRequest, generate_images, parse_lora, read_prompts
 from sana_deploy.runtime.providers import RUNTIME_BACKENDS
 from sana_deploy.runtime.solvers import SAMPLERS
 
@@ -73,6 +73,13 @@ from sana_deploy.runtime.solvers import SAMPLERS
 @click.option("--vae-tiling", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
 @click.option("--vae-tile", type=int, default=1024, show_default=True, help="VAE tile size in pixels.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option(
+    "--lora",
+    "loras",
+    multiple=True,
+    metavar="FILE[:WEIGHT]",
+    help="LoRA adapter (.safetensors) and its weight [1]; repeat for several, all active together.",
+)
 @kv_cache_option
 def generate(
     prompt: str | None,
@@ -97,6 +104,7 @@ def generate(
     vae_tiling: str,
     vae_tile: int,
     no_progress: bool,
+    loras: tuple[str, ...],
     no_kv_cache: bool,
 ) -> None:
     """Generate images from PROMPT (or --prompts FILE) and write PNGs."""
@@ -126,6 +134,7 @@ def generate(
         vae_tile=vae_tile,
         progress=not no_progress,
         kv_cache=not no_kv_cache,
+        loras=tuple(parse_lora(spec) for spec in loras),
     )
     for line in generate_images(request):
         click.echo(line)

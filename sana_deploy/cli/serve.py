@@ -65,6 +65,13 @@ _GENERATE_ON_MISS = next(f.default for f in dataclasses.fields(GenerateRequest) 
 @click.option("--ray", "use_ray", is_flag=True, help="Deploy on Ray Serve instead of a single uvicorn process.")
 @click.option("--replicas", default=1, show_default=True, type=int, help="Ray Serve replicas (with --ray).")
 @click.option("--gpus-per-replica", default=0.0, show_default=True, type=float)
+@click.option(
+    "--lora-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder of LoRA .safetensors files; a request names them in 'adapters' or as model '<model>+<name>'.",
+)
+@click.option("--lora-cache", default=4, show_default=True, type=int, help="Fused adapter sets kept (LRU).")
 @kv_cache_option
 def serve(
     model,
@@ -86,13 +93,17 @@ def serve(
     use_ray,
     replicas,
     gpus_per_replica,
+    lora_dir,
+    lora_cache,
     no_kv_cache,
 ) -> None:
     """OpenAI-compatible POST /v1/images/generations (+ /health, /metrics) on uvicorn or Ray Serve.
 
     Every option is checked before the model loads; an invalid one is a one-line error (see docs/SERVING.md)."""
-    from sana_deploy.serve.settings import check_server, default_settings
+    from sana_deploy.serve.settings import adapter_files, check_server, default_settings
     from sana_deploy.serve.shared import load_pipeline
+
+    adapters = tuple(adapter_files(lora_dir)) if lora_dir is not None else ()
 
     settings = default_settings(
         model,
@@ -104,6 +115,8 @@ def serve(
         request_timeout_s=timeout_s,
         body_timeout_s=body_timeout_s,
         num_inference_steps=steps,
+        adapters=adapters,
+        lora_cache_size=lora_cache,
     )
     check_server(host, port, engine_dir, backend, miss_policy, use_ray, replicas, gpus_per_replica)
     factory = functools.partial(
@@ -115,6 +128,8 @@ def serve(
         backend=backend,
         precision=precision,
         kv_cache=not no_kv_cache,
+        lora_dir=lora_dir,
+        lora_cache_size=lora_cache,
     )
     if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         click.secho(f"warning: serving on {host} without an API key", fg="yellow", err=True)

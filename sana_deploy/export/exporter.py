@@ -37,6 +37,7 @@ from sana_deploy.export.parity import ParityResult, check_parity
 from sana_deploy.export.specs import SPECS, ExportSpec
 from sana_deploy.models.components import SanaComponents
 from sana_deploy.plugins.registry import use_kernels
+from sana_deploy.runners.weights import match_weights, onnx_initializers, write_weight_map
 from sana_deploy.versions import package_versions
 
 OPSET = 18
@@ -93,8 +94,8 @@ def trace_to_onnx(
 ) -> tuple[onnx.ModelProto, list[str]]:
     """torch.export + the dynamo ONNX exporter, ``sana::`` ops as ``sana`` nodes with function bodies.
 
-    Writes ``path`` (with ``path.data`` external weights when they would pass protobuf's 2 GiB limit) and
-    returns the graph (without weights) and the files written.
+    Writes ``path`` (with ``path.data`` external weights for the transformer graphs, and for any graph that would
+    pass protobuf's 2 GiB limit) and returns the graph (without weights) and the files written.
     """
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # torchvision notes
     with use_kernels("reference"), torch.no_grad(), warnings.catch_warnings(), exact_no_op_rules():
@@ -110,7 +111,10 @@ def trace_to_onnx(
             opset_version=OPSET,
             verbose=False,
         )
-    external = _weight_bytes(module) > EXTERNAL_DATA_THRESHOLD * 0.9
+    # Transformer graphs always keep their weights in ``model.onnx.data``: ONNX Runtime replaces external
+    # initializers before it optimises the graph, which is how a LoRA swap reaches weights that the optimiser
+    # folds (e.g. the Mix-FFN kernels' reshape); it ignores replacements of inline ones there.
+    external = spec.component.startswith("transformer") or _weight_bytes(module) > EXTERNAL_DATA_THRESHOLD * 0.9
     program.save(str(path), external_data=external)
     del program
     _release_weights(module)
@@ -233,6 +237,9 @@ def export_component(
         functions = [f.name for f in model.functions]
         _progress(f"{component}: {len(model.graph.node)} nodes, functions {functions}; saved {', '.join(files)}")
         onnx.checker.check_model(str(tmp / MODEL_FILE))
+        if component.startswith("transformer"):  # where each swappable weight lives (LoRA without re-export)
+            refs = match_weights(dict(module.named_parameters()), onnx_initializers(tmp / MODEL_FILE))
+            write_weight_map(tmp, refs, MODEL_FILE)
         results: list[ParityResult] = []
         if not unsafe_skip_parity:
             # The reference is the fp32 PyTorch model: ONNX Runtime's CPU provider runs fp16 graphs with fp32

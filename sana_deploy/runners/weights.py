@@ -78,12 +78,17 @@ def _digest(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).view(np.uint8).tobytes()).hexdigest()
 
 
+def _tensor_digest(t: torch.Tensor) -> str:
+    """The same digest for a tensor of any dtype (bf16 included, which numpy cannot hold)."""
+    return hashlib.sha256(t.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
 def match_weights(params: Mapping[str, torch.Tensor], stored: Mapping[str, np.ndarray]) -> dict[str, WeightRef]:
     """Find each swappable parameter's one initializer by exact bytes (see the module docstring)."""
-    where: dict[str, list[tuple[str, str]]] = {}
+    where: dict[str, list[tuple[str, int]]] = {}
     for name, arr in stored.items():
         if arr.ndim in (2, 4) and arr.size > 1:
-            where.setdefault(_digest(arr), []).append((name, str(arr.dtype)))
+            where.setdefault(_digest(arr), []).append((name, arr.dtype.itemsize))
     out: dict[str, WeightRef] = {}
     for raw, p in params.items():
         name = parameter_name(raw)
@@ -92,9 +97,9 @@ def match_weights(params: Mapping[str, torch.Tensor], stored: Mapping[str, np.nd
         found: set[tuple[str, str]] = set()
         layouts = ("same", "transposed") if p.dim() == 2 else ("same", "flat", "flat-transposed")
         for layout in layouts:
-            arr = to_layout(p.detach().cpu(), layout).contiguous().numpy()
-            for init, dtype in where.get(_digest(arr), []):
-                if dtype == str(arr.dtype) and stored[init].shape == arr.shape:
+            t = to_layout(p.detach().cpu(), layout).contiguous()
+            for init, itemsize in where.get(_tensor_digest(t), []):
+                if itemsize == t.element_size() and stored[init].shape == tuple(t.shape):
                     found.add((init, layout))
         if len(found) == 1:
             init, layout = found.pop()
@@ -171,7 +176,13 @@ def _external_array(t, folder: Path) -> np.ndarray:  # noqa: ANN001 (onnx.Tensor
 def stored_weights(path: str | Path, refs: Mapping[str, WeightRef], names: set[str]) -> dict[str, torch.Tensor]:
     """The parameters ``names`` (in their own shape and dtype) read from the ONNX file at ``path``."""
     arrays = onnx_initializers(path, {refs[n].name for n in names})
-    return {n: from_layout(torch.from_numpy(arrays[refs[n].name].copy()), refs[n].layout, refs[n].shape) for n in names}
+    return {n: from_layout(_as_tensor(arrays[refs[n].name]), refs[n].layout, refs[n].shape) for n in names}
+
+
+def _as_tensor(arr: np.ndarray) -> torch.Tensor:
+    if arr.dtype.name == "bfloat16":  # ml_dtypes' bf16, which torch.from_numpy does not take
+        return torch.from_numpy(arr.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(arr.copy())
 
 
 def require_map(component: str, refs: Mapping[str, WeightRef] | None) -> Mapping[str, WeightRef]:

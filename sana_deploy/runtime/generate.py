@@ -16,6 +16,7 @@ from sana_deploy.contract import model_dirname
 from sana_deploy.engines import EngineCache
 from sana_deploy.errors import fail
 from sana_deploy.models.config import PRESETS
+from sana_deploy.models.lora import LoraError, check_scale
 from sana_deploy.runtime.images import save_png
 from sana_deploy.runtime.pipeline import SanaDeployPipeline
 from sana_deploy.runtime.providers import engine_cache_has
@@ -52,10 +53,34 @@ class GenerateRequest:
     vae_tile: int = 1024
     progress: bool = True
     kv_cache: bool = True  # the caption K/V split (False: the one-graph transformer)
+    loras: tuple[tuple[Path, float], ...] = ()  # LoRA adapters (file, weight), all active together
 
 
 def build_pipeline(req: GenerateRequest) -> SanaDeployPipeline:
-    """torch / our ONNX Runtime sessions, or engines; ``auto`` takes engines when the folder has the model's."""
+    """torch / our ONNX Runtime sessions, or engines; ``auto`` takes engines when the folder has the model's;
+    with the request's LoRA adapters active."""
+    pipe = _pipeline(req)
+    if req.loras:
+        names = [f"lora{i}-{Path(path).stem}" for i, (path, _) in enumerate(req.loras)]
+        for name, (path, weight) in zip(names, req.loras, strict=True):
+            pipe.load_lora_weights(path, adapter_name=name, scale=weight)
+        pipe.set_adapters(names, [w for _, w in req.loras])
+    return pipe
+
+
+def parse_lora(spec: str) -> tuple[Path, float]:
+    """``--lora FILE[:WEIGHT]`` -> (file, weight); weight 1 when not given."""
+    path, sep, weight = spec.rpartition(":")
+    if sep and path:
+        try:
+            value = float(weight)
+        except ValueError:  # not a weight: a ':' inside the file name
+            return Path(spec), 1.0
+        return Path(path), check_scale(value, f"--lora {spec}: the weight")
+    return Path(spec), 1.0
+
+
+def _pipeline(req: GenerateRequest) -> SanaDeployPipeline:
     tiling = TilingConfig(enabled=req.vae_tiling, tile=req.vae_tile, overlap=min(256, req.vae_tile // 4))
     backend = req.backend
     if backend == "auto":
@@ -155,6 +180,10 @@ def check_request(req: GenerateRequest) -> int:
             check_size(f"--{name}", value)
     if str(req.model).lower() in PRESETS:  # a size the model cannot generate fails before the model loads
         plan_size(req.height, req.width, PRESETS[str(req.model).lower()], req.resolution_binning)
+    for path, weight in req.loras:  # read and checked against the model when it loads; here: before any work
+        check_scale(weight, f"--lora {path}: the weight")
+        if not Path(path).is_file():
+            fail(f"--lora {path}: no such file; pass a LoRA .safetensors file (optionally FILE:WEIGHT).", LoraError)
     low, high = _SEED_RANGE
     if not isinstance(req.seed, int) or not low <= req.seed <= high - (len(req.prompts) - 1):
         fail(f"--seed must be an integer from 0 to {high - (len(req.prompts) - 1)}, got {req.seed!r}.")

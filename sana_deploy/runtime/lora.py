@@ -180,6 +180,42 @@ class LoraMixin:
         with self._lora()["lock"]:
             self._lora_apply(adapters={}, active={}, fused={}, enabled=True)
 
+    # --- serving: named adapters chosen per request ----------------------------------------------------------------
+    def register_adapters(self, sources: Mapping[str, str | Path]) -> list[str]:
+        """Read and check adapters a server offers by name (all at once, so a bad file stops the start-up);
+        :meth:`use_adapters` then activates them without reading files."""
+        parsed = {}
+        for name, path in sources.items():
+            adapter = load_adapter(path, name)
+            adapter.check(self._shapes())
+            parsed[name] = adapter
+        with self._lora()["lock"]:
+            self._lora().setdefault("registry", {}).update(parsed)
+        return sorted(self._lora()["registry"])
+
+    def cached_adapter_sets(self) -> list[tuple]:
+        """The LRU's keys, least recently used first (``((adapter sha256, coefficient), ...)`` each)."""
+        return list(self._lora()["cache"])
+
+    def registered_adapters(self) -> list[str]:
+        return sorted(self._lora().get("registry", {}))
+
+    def use_adapters(self, adapters: Sequence[tuple[str, float]]) -> None:
+        """Run the next calls with exactly these ``(name, weight)`` adapters (``()``: the base model); names come
+        from :meth:`register_adapters` or :meth:`load_lora_weights`. A recent set swaps from the LRU."""
+        with self._lora()["lock"]:
+            state = self._lora()
+            registry = state.get("registry", {})
+            loaded = dict(state["adapters"])
+            for name, _ in adapters:
+                if name not in loaded:
+                    if name not in registry:
+                        known = sorted({*registry, *loaded})
+                        fail(f"No adapter named {name!r}; known: {', '.join(known) or 'none'}.", LoraError)
+                    loaded[name] = registry[name]
+            active = {n: check_scale(w, f"weight of adapter {n!r}") for n, w in adapters}
+            self._lora_apply(adapters=loaded, active=active, fused={}, enabled=True)
+
     # --- one place the state turns into weights -------------------------------------------------------------------
     def active_lora_key(self) -> tuple:
         """What the transformer runs now: ``((adapter sha256, coefficient), ...)``; ``()`` is the base model."""

@@ -35,6 +35,7 @@ from sana_deploy.runtime.assemble import (
 )
 from sana_deploy.runtime.exact_tiling import split_tiled_decode
 from sana_deploy.runtime.images import postprocess
+from sana_deploy.runtime.lora import LoraMixin
 from sana_deploy.runtime.providers import StageProvider
 from sana_deploy.runtime.resolution import SizePlan, plan_size, resize_and_crop
 from sana_deploy.runtime.solvers import make_solver
@@ -98,8 +99,12 @@ def require_finite(tensor: torch.Tensor, stage: str, label: str, plan: SizePlan,
     )
 
 
-class SanaDeployPipeline:
-    """Text-to-image over a :class:`StageProvider`. Build with :meth:`from_model` or :meth:`from_engines`."""
+class SanaDeployPipeline(LoraMixin):
+    """Text-to-image over a :class:`StageProvider`. Build with :meth:`from_model` or :meth:`from_engines`.
+
+    LoRA adapters (:class:`~sana_deploy.runtime.lora.LoraMixin`): ``load_lora_weights``, ``set_adapters``,
+    ``fuse_lora`` / ``unfuse_lora``, ``unload_lora_weights``, as in diffusers; swapped without a rebuild.
+    """
 
     def __init__(
         self,

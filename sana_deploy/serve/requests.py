@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 from sana_deploy.serve.settings import ServeSettings
@@ -39,11 +40,19 @@ class ImageRequest:
     guidance_scale: float
     seed: int | None = None
     negative_prompt: str = ""
+    adapters: tuple[tuple[str, float], ...] = ()  # LoRA (name, weight), sorted by name; () = the base model
 
     @property
     def bucket(self) -> tuple:
-        """Requests with the same bucket can share one pipeline call (same engine shapes and loop)."""
-        return (self.width, self.height, self.num_inference_steps, self.guidance_scale, self.negative_prompt)
+        """Requests with the same bucket can share one pipeline call (same engine shapes, loop and weights)."""
+        return (
+            self.width,
+            self.height,
+            self.num_inference_steps,
+            self.guidance_scale,
+            self.negative_prompt,
+            self.adapters,
+        )
 
 
 _KNOWN = {
@@ -59,7 +68,9 @@ _KNOWN = {
     "user",
     "quality",
     "style",
+    "adapters",
 }
+MAX_ADAPTER_WEIGHT = 10.0
 
 
 def parse_body(body: bytes, settings: ServeSettings) -> ImageRequest:
@@ -105,7 +116,61 @@ def parse_request(data: dict, settings: ServeSettings) -> ImageRequest:
         raise RequestError(
             400, f"'negative_prompt' must be a string of at most {settings.max_prompt_chars} characters."
         )
-    return ImageRequest(prompt, n, width, height, steps, float(guidance), seed, negative)
+    adapters = _adapters(data, settings)
+    return ImageRequest(prompt, n, width, height, steps, float(guidance), seed, negative, adapters)
+
+
+def _adapters(data: dict, settings: ServeSettings) -> tuple[tuple[str, float], ...]:
+    """LoRA adapters from ``"adapters"`` (``["style", "ink:0.5"]``, ``[{"name": "ink", "weight": 0.5}]`` or
+    ``{"ink": 0.5}``) and from a model name ``"<model>+style+ink:0.5"``; weight 1 unless given."""
+    items: list[tuple[object, object]] = []
+    model = data.get("model")
+    if isinstance(model, str) and "+" in model:
+        items += [_name_weight(part) for part in model.split("+")[1:]]
+    raw = data.get("adapters")
+    if isinstance(raw, dict):
+        items += list(raw.items())
+    elif isinstance(raw, list):
+        for item in raw:
+            if isinstance(item, str):
+                items.append(_name_weight(item))
+            elif isinstance(item, dict) and set(item) <= {"name", "weight", "scale"} and "name" in item:
+                items.append((item["name"], item.get("weight", item.get("scale", 1.0))))
+            else:
+                raise RequestError(
+                    400, f'\'adapters\' item {item!r} is not a name or {{"name", "weight"}}.', "adapters"
+                )
+    elif raw is not None:
+        raise RequestError(
+            400, "'adapters' must be a list of names (\"name:weight\") or an object of weights.", "adapters"
+        )
+    known = settings.adapters
+    out: dict[str, float] = {}
+    for name, weight in items:
+        if not isinstance(name, str) or name not in known:
+            listed = ", ".join(known) if known else "none (start the server with --lora-dir)"
+            raise RequestError(400, f"Unknown adapter {name!r}; this server has: {listed}.", "adapters")
+        ok = isinstance(weight, int | float) and not isinstance(weight, bool)
+        if not ok or not math.isfinite(weight) or not 0 <= weight <= MAX_ADAPTER_WEIGHT:
+            raise RequestError(
+                400,
+                f"Adapter {name!r}: weight must be a number from 0 to {MAX_ADAPTER_WEIGHT}, got {weight!r}.",
+                "adapters",
+            )
+        if name in out:
+            raise RequestError(400, f"Adapter {name!r} is named twice; name each adapter once.", "adapters")
+        out[name] = float(weight)
+    return tuple(sorted((n, w) for n, w in out.items() if w != 0))
+
+
+def _name_weight(text: str) -> tuple[object, object]:
+    name, _, weight = text.partition(":")
+    if not weight:
+        return name, 1.0
+    try:
+        return name, float(weight)
+    except ValueError:
+        return name, weight
 
 
 def _int(data: dict, name: str, default: int, lo: int, hi: int) -> int:

@@ -35,6 +35,7 @@ _OPTIONS = {
     "num_inference_steps": "--steps",
     "sizes": "--sizes",
 }
+_ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # no '+', ':' or ',' (they separate names in requests)
 _API_KEY = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces: what an HTTP header carries unchanged
 
 
@@ -85,6 +86,8 @@ class ServeSettings:
     api_key: str | None = field(default=None, repr=False)
     model_name: str = "sana-tiny"
     max_side: int = MAX_SIDE  # largest width or height when ``sizes`` is None
+    adapters: tuple[str, ...] = ()  # LoRA adapters a request may name (``--lora-dir``)
+    lora_cache_size: int = 4  # fused weight sets kept for switching back (``--lora-cache``)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -117,6 +120,10 @@ class ServeSettings:
         _seconds(self.batch_wait_s, "batch_wait_s", allow_zero=True)
         _int_at_least(self.max_queue, "max_queue", 1, why=" (requests waiting or running)")
         _int_at_least(self.max_batch_images, "max_batch_images", 1)
+        _int_at_least(self.lora_cache_size, "lora_cache_size", 1, why=" (--lora-cache: fused adapter sets kept)")
+        for name in self.adapters:
+            if not isinstance(name, str) or not _ADAPTER_NAME.fullmatch(name):
+                fail(f"Adapter name {name!r}: use letters, digits, '.', '_' and '-' only.", ServeSettingsError)
         if self.api_key is not None:  # never echo the key itself
             if not isinstance(self.api_key, str) or not self.api_key:
                 fail(
@@ -215,6 +222,24 @@ def default_settings(
         default = squares[0] if squares else allowed[0]
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
     return ServeSettings(sizes=allowed, default_size=default, api_key=key, model_name=model_name, **overrides)
+
+
+def adapter_files(lora_dir: str | Path) -> dict[str, Path]:
+    """``--lora-dir``: every ``<name>.safetensors`` in the folder, by name (a request names adapters by it)."""
+    folder = Path(lora_dir)
+    if not folder.is_dir():
+        fail(f"--lora-dir {folder} is not a folder; pass a folder of LoRA .safetensors files.", ServeSettingsError)
+    files = {p.stem: p for p in sorted(folder.glob("*.safetensors")) if p.is_file()}
+    if not files:
+        fail(f"--lora-dir {folder} holds no .safetensors files; put the adapters there.", ServeSettingsError)
+    bad = [n for n in files if not _ADAPTER_NAME.fullmatch(n)]
+    if bad:
+        fail(
+            f"--lora-dir: adapter file name {bad[0]!r} cannot be used in requests; rename it to letters, digits, '.', "
+            f"'_' and '-' only.",
+            ServeSettingsError,
+        )
+    return files
 
 
 # --- the rest of a server's start-up options (where it listens, its engine folder, Ray) -----------------------------

@@ -30,6 +30,7 @@ from PIL import Image
 from sana_deploy.runtime.generate import GenerateRequest, build_pipeline
 from sana_deploy.runtime.resolution import plan_size, resize_and_crop
 from sana_deploy.serve.requests import ImageRequest
+from sana_deploy.serve.settings import adapter_files
 
 
 @runtime_checkable
@@ -116,6 +117,7 @@ def generate_batch(
     one_size = all((r.width, r.height) == (first.width, first.height) for r in requests)
     width, height = (first.width, first.height) if one_size else bucket(first.width, first.height)
     extra = {} if callback is None else {"callback": callback}
+    _use_adapters(pipe, first.adapters)
     result = pipe(
         prompts,
         negative_prompt=first.negative_prompt,
@@ -135,6 +137,16 @@ def generate_batch(
         out.append([_resized(im, r.width, r.height) for im in images[at : at + r.n]])
         at += r.n
     return out
+
+
+def _use_adapters(pipe: ImagePipeline, adapters: tuple[tuple[str, float], ...]) -> None:
+    """Every batch states its LoRA set (``()``: the base model); the pipeline swaps only when it changes."""
+    target = pipe.pipe if isinstance(pipe, SharedPipeline) else pipe
+    use = getattr(target, "use_adapters", None)
+    if use is not None:
+        use(adapters)
+    elif adapters:
+        raise RuntimeError("this pipeline cannot apply LoRA adapters")
 
 
 def _resized(image: Image.Image, width: int, height: int) -> Image.Image:
@@ -179,10 +191,13 @@ def load_pipeline(
     backend: str = "auto",
     precision: str = "fp32",
     kv_cache: bool = True,
+    lora_dir: str | Path | None = None,
+    lora_cache_size: int = 4,
 ) -> ImagePipeline:
     """The pipeline ``sana-deploy generate`` would build for the same options (``build_pipeline``): by default
     the model's engines in ``engines/`` when it has any (``backend="auto"``), else the PyTorch model; a size no
-    engine covers follows ``miss_policy`` (default: generate's)."""
+    engine covers follows ``miss_policy`` (default: generate's). ``lora_dir``: LoRA adapters requests may name
+    (each read and checked now), with ``lora_cache_size`` fused weight sets kept for switching back."""
     req = GenerateRequest(
         prompts=[],
         model=model,
@@ -197,4 +212,7 @@ def load_pipeline(
         req.on_miss = miss_policy
     pipe = build_pipeline(req)
     pipe.set_progress_bar(False)
+    pipe.lora_cache_size = lora_cache_size
+    if lora_dir is not None:
+        pipe.register_adapters(adapter_files(lora_dir))
     return pipe
