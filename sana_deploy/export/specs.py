@@ -75,6 +75,8 @@ class ExportSpec:
             shape = spec.resolve(sizes)
             if spec.name == "timestep":
                 out[spec.name] = torch.randint(0, 1000, shape, generator=g).float()
+            elif spec.name == "guidance":  # Sana-Sprint: guidance_scale x 0.1, scales 0..8
+                out[spec.name] = 0.8 * torch.rand(shape, generator=g)
             elif spec.name == "input_ids":
                 vocab = components.preset.text_encoder.get("vocab_size", 256)
                 out[spec.name] = torch.randint(4, min(vocab, 260), shape, generator=g)
@@ -92,8 +94,8 @@ class _TransformerIO(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, latent, timestep, encoder_hidden_states, encoder_attention_mask):
-        return self.model(latent, timestep, encoder_hidden_states, encoder_attention_mask).float()
+    def forward(self, latent, timestep, encoder_hidden_states, encoder_attention_mask, guidance=None):
+        return self.model(latent, timestep, encoder_hidden_states, encoder_attention_mask, guidance).float()
 
 
 class _TransformerTextIO(nn.Module):
@@ -110,8 +112,8 @@ class _TransformerCachedIO(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, latent, timestep, text_kv, encoder_attention_mask):
-        return self.model.forward_cached(latent, timestep, text_kv, encoder_attention_mask).float()
+    def forward(self, latent, timestep, text_kv, encoder_attention_mask, guidance=None):
+        return self.model.forward_cached(latent, timestep, text_kv, encoder_attention_mask, guidance).float()
 
 
 class _VaeDecoderIO(nn.Module):
@@ -133,6 +135,11 @@ class _TextEncoderIO(nn.Module):
         return self.text_encoder(input_ids=input_ids, attention_mask=attention_mask)[0].float()
 
 
+def _guidance_inputs(components: SanaComponents) -> tuple[TensorSpec, ...]:
+    """Sana-Sprint's transformer graphs take the embedded guidance (B,) as their last input (no CFG batch)."""
+    return (TensorSpec("guidance", ("batch",)),) if components.preset.transformer.guidance_embeds else ()
+
+
 def transformer_spec(components: SanaComponents) -> ExportSpec:
     caption = components.preset.transformer.caption_channels
     return ExportSpec(
@@ -142,6 +149,7 @@ def transformer_spec(components: SanaComponents) -> ExportSpec:
             TensorSpec("timestep", ("batch",)),
             TensorSpec("encoder_hidden_states", ("batch", "text_len", caption)),
             TensorSpec("encoder_attention_mask", ("batch", "text_len"), torch.int64),
+            *_guidance_inputs(components),
         ),
         outputs=(TensorSpec("noise_pred", ("batch", LATENT_CHANNELS, "latent_h", "latent_w")),),
         axes={

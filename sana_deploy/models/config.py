@@ -38,6 +38,10 @@ class TransformerConfig:
     attention_bias: bool = False
     norm_eps: float = 1e-6
     linear_attention_eps: float = 1e-15  # diffusers' value (NVlabs uses 1e-8)
+    # Sana-Sprint: the timestep embedding is summed with an embedding of the guidance input (guidance_scale times
+    # guidance_embeds_scale, a model input, not CFG); docs/VARIANTS.md#sana-sprint-one-to-four-steps
+    guidance_embeds: bool = False
+    guidance_embeds_scale: float = 0.1
 
     @property
     def num_attention_heads(self) -> int:
@@ -77,6 +81,8 @@ class TransformerConfig:
             "norm_eps": self.norm_eps,
             "interpolation_scale": self.interpolation_scale,
             "qk_norm": "rms_norm_across_heads" if self.qk_norm else None,
+            "guidance_embeds": self.guidance_embeds,
+            "guidance_embeds_scale": self.guidance_embeds_scale,
         }
 
     @classmethod
@@ -84,8 +90,6 @@ class TransformerConfig:
         head_dim = cfg.get("attention_head_dim", LINEAR_HEAD_DIM)
         if head_dim != LINEAR_HEAD_DIM:
             fail(f"attention_head_dim {head_dim} in the transformer config is not Sana's {LINEAR_HEAD_DIM}.")
-        if cfg.get("guidance_embeds"):
-            fail("This is a Sana-Sprint (guidance-embedded) checkpoint; only base Sana and Sana-1.5 are supported.")
         hidden = cfg.get("num_attention_heads", 70) * head_dim
         return cls(
             num_layers=cfg.get("num_layers", 20),
@@ -102,6 +106,8 @@ class TransformerConfig:
             patch_size=cfg.get("patch_size", 1),
             attention_bias=cfg.get("attention_bias", False),
             norm_eps=cfg.get("norm_eps", 1e-6),
+            guidance_embeds=bool(cfg.get("guidance_embeds", False)),
+            guidance_embeds_scale=float(cfg.get("guidance_embeds_scale", 0.1)),
         )
 
 
@@ -161,6 +167,17 @@ class SanaPreset:
     dtype: str = "fp16"  # dtype the released transformer weights are in
     hub_id: str | None = None  # where users download it (never fetched by sana-deploy at run time)
     description: str = ""
+    sigma_data: float = 0.5  # Sana-Sprint's TrigFlow data scale (SCMScheduler's sigma_data); unused by base Sana
+
+    @property
+    def sprint(self) -> bool:
+        """Whether this is a Sana-Sprint model (guidance-embedded transformer, sCM solver, no CFG)."""
+        return self.transformer.guidance_embeds
+
+    @property
+    def default_sampler(self) -> str:
+        """The solver this model runs unless told otherwise: ``scm`` for Sana-Sprint, else ``flow-dpm-solver``."""
+        return "scm" if self.sprint else "flow-dpm-solver"
 
     @property
     def resolution(self) -> int:
@@ -219,6 +236,21 @@ PRESETS: dict[str, SanaPreset] = {
             "bf16",
             _E + "SANA1.5_4.8B_1024px_diffusers",
         ),
+        # Sana-Sprint: qk-norm and the guidance embedding; flow_shift is unused (the sCM solver has no shift)
+        _p(
+            "sana-sprint-0.6b-1024",
+            _t(28, 1152, 16, 72, 32, qk_norm=True, guidance_embeds=True),
+            3.0,
+            "bf16",
+            _E + "Sana_Sprint_0.6B_1024px_diffusers",
+        ),
+        _p(
+            "sana-sprint-1.6b-1024",
+            _t(20, 2240, 20, 112, 32, qk_norm=True, guidance_embeds=True),
+            3.0,
+            "bf16",
+            _E + "Sana_Sprint_1.6B_1024px_diffusers",
+        ),
     ]
 }
 
@@ -256,6 +288,16 @@ TINY_PRESETS: dict[str, SanaPreset] = {
         6.0,
         "fp32",
         description="seeded random weights, 4K-style positional embedding",
+    ),
+    # Sana-Sprint-style tiny model: qk-norm, guidance embedding, sCM solver
+    "sana-sprint-tiny": SanaPreset(
+        "sana-sprint-tiny",
+        dataclasses.replace(_TINY_T, qk_norm=True, guidance_embeds=True),
+        dict(TINY_DCAE),
+        dict(TINY_GEMMA2),
+        3.0,
+        "fp32",
+        description="seeded random weights, Sana-Sprint layout (guidance embedding, qk-norm, sCM solver)",
     ),
 }
 PRESETS.update(TINY_PRESETS)

@@ -25,6 +25,13 @@ _TOP = {
     "final_layer.linear.": "proj_out.",
     "final_layer.scale_shift_table": "scale_shift_table",
 }
+# Sana-Sprint (a ``cfg_embedder`` in the checkpoint): the timestep and guidance embedders sit directly under
+# ``time_embed`` (diffusers' SanaCombinedTimestepGuidanceEmbeddings), not under ``time_embed.emb``
+_SPRINT_TOP = {
+    **{k: v.replace("time_embed.emb.", "time_embed.") for k, v in _TOP.items()},
+    "cfg_embedder.mlp.0.": "time_embed.guidance_embedder.linear_1.",
+    "cfg_embedder.mlp.2.": "time_embed.guidance_embedder.linear_2.",
+}
 _BLOCK = {
     "scale_shift_table": "scale_shift_table",
     "attn.proj.": "attn1.to_out.0.",
@@ -70,16 +77,22 @@ def _splits(value: object, parts: int) -> bool:
     return isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] % parts == 0 and value.shape[0] > 0
 
 
+def is_sprint_nvlabs(state_dict: dict[str, torch.Tensor]) -> bool:
+    """An original Sana-Sprint checkpoint: it has the guidance embedder (``cfg_embedder``)."""
+    return any(k.startswith("cfg_embedder.") for k in state_dict)
+
+
 def nvlabs_to_diffusers(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Convert an original Sana state dict; returns (diffusers state dict, keys left unmapped)."""
+    """Convert an original Sana (or Sana-Sprint) state dict; returns (diffusers state dict, keys left unmapped)."""
     out: dict[str, torch.Tensor] = {}
     unmapped: list[str] = []
+    top = _SPRINT_TOP if is_sprint_nvlabs(state_dict) else _TOP
     for key, value in state_dict.items():
         if key.startswith(DROPPED_PREFIXES):
             continue
         m = _BLOCK_RE.match(key)
         if m is None:
-            new = _rename(key, _TOP)
+            new = _rename(key, top)
             if new is None:
                 unmapped.append(key)
             else:
@@ -109,7 +122,8 @@ def nvlabs_to_diffusers(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, 
 
 def diffusers_to_nvlabs(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The inverse mapping (fuses q/k/v and k/v back); used to write original-format checkpoints."""
-    top_inv = {v: k for k, v in _TOP.items()}
+    sprint = any(k.startswith("time_embed.guidance_embedder.") for k in state_dict)
+    top_inv = {v: k for k, v in (_SPRINT_TOP if sprint else _TOP).items()}
     block_inv = {v: k for k, v in _BLOCK.items()}
     out: dict[str, torch.Tensor] = {}
     blocks: dict[str, dict[str, torch.Tensor]] = {}

@@ -195,6 +195,7 @@ def _config_from_weights(sd: dict[str, torch.Tensor], path: Path, preset: str | 
         caption_channels=_weight_shape(sd, "caption_projection.linear_1.weight", 2, path)[1],
         mlp_ratio=_weight_shape(sd, "transformer_blocks.0.ff.conv_point.weight", 2, path)[1] / hidden,
         qk_norm="transformer_blocks.0.attn1.norm_q.weight" in sd,
+        guidance_embeds="time_embed.guidance_embedder.linear_1.weight" in sd,  # Sana-Sprint
     )
     p = preset_for(t)
     if p is None:
@@ -309,9 +310,12 @@ def load_diffusers_folder(
     tcfg = _transformer_config(folder / "transformer" / "config.json")
     known = preset_for(tcfg)
     flow_shift = known.flow_shift if known else 3.0
+    sigma_data = known.sigma_data if known else 0.5
     sched = folder / "scheduler" / "scheduler_config.json"
     if sched.exists():
-        flow_shift = float(_read_json(sched).get("flow_shift", flow_shift))
+        sched_cfg = _read_json(sched)
+        flow_shift = float(sched_cfg.get("flow_shift", flow_shift))
+        sigma_data = float(sched_cfg.get("sigma_data", sigma_data))  # Sana-Sprint's SCMScheduler
     vae_cfg_path = folder / "vae" / "config.json"
     te_cfg_path = folder / "text_encoder" / "config.json"
     preset = SanaPreset(
@@ -322,6 +326,7 @@ def load_diffusers_folder(
         flow_shift=flow_shift,
         dtype=known.dtype if known else "fp32",
         hub_id=known.hub_id if known else None,
+        sigma_data=sigma_data,
     )
     why = f"config from {folder / 'transformer' / 'config.json'}" + (f" (= preset {known.name})" if known else "")
     out = SanaComponents(preset=preset, model_id=str(folder), source=f"diffusers folder, {why}")
@@ -396,7 +401,7 @@ def save_diffusers_folder(components: SanaComponents, folder: Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     p = components.preset
-    index = {"_class_name": "SanaPipeline", "_diffusers_version": "0.32.0"}
+    index = {"_class_name": "SanaSprintPipeline" if p.sprint else "SanaPipeline", "_diffusers_version": "0.32.0"}
     if components.transformer is not None:
         (folder / "transformer").mkdir(exist_ok=True)
         cfg = {"_class_name": "SanaTransformer2DModel", **p.transformer.to_diffusers()}
@@ -412,6 +417,13 @@ def save_diffusers_folder(components: SanaComponents, folder: Path) -> Path:
         index["text_encoder"] = ["transformers", "Gemma2Model"]
         index["tokenizer"] = ["transformers", save_tokenizer(components.tokenizer, folder / "tokenizer")]
     (folder / "scheduler").mkdir(exist_ok=True)
+    if p.sprint:  # Sana-Sprint's sCM scheduler (TrigFlow), as diffusers' conversion writes it
+        sched = {"_class_name": "SCMScheduler", "num_train_timesteps": 1000, "prediction_type": "trigflow"}
+        sched["sigma_data"] = p.sigma_data
+        (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched, indent=2))
+        index["scheduler"] = ["diffusers", "SCMScheduler"]
+        (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+        return folder
     sched = {
         "_class_name": "DPMSolverMultistepScheduler",
         "algorithm_type": "dpmsolver++",

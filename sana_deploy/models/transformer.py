@@ -147,6 +147,16 @@ class _TimestepEmbedder(nn.Module):
         self.linear_2 = nn.Linear(c, c)
 
 
+def _sinusoid(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """diffusers' ``Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)``: ``cat[cos, sin]`` of t·freqs."""
+    # fp32 frequencies built here, not kept in a buffer: ``module.to(fp16)`` would cast a buffer, and t·freqs
+    # with t up to 999 in fp16 is off by up to ~0.5 rad (a ~5% time-embedding error, 20x PyTorch's own).
+    half = TIMESTEP_CHANNELS // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(dtype)
+
+
 class _TimeEmbed(nn.Module):
     """adaLN-single: diffusers ``AdaLayerNormSingle`` layout (``emb.timestep_embedder`` + ``linear``)."""
 
@@ -156,15 +166,32 @@ class _TimeEmbed(nn.Module):
         self.emb.timestep_embedder = _TimestepEmbedder(c)
         self.linear = nn.Linear(c, 6 * c)
 
-    def forward(self, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        # fp32 frequencies built here, not kept in a buffer: ``module.to(fp16)`` would cast a buffer, and t·freqs
-        # with t up to 999 in fp16 is off by up to ~0.5 rad (a ~5% time-embedding error, 20x PyTorch's own).
-        half = TIMESTEP_CHANNELS // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-        args = t.float()[:, None] * freqs[None]
-        proj = torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(dtype)
+    def forward(
+        self, t: torch.Tensor, dtype: torch.dtype, guidance: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         te = self.emb.timestep_embedder
-        embedded = te.linear_2(F.silu(te.linear_1(proj)))
+        embedded = te.linear_2(F.silu(te.linear_1(_sinusoid(t, dtype))))
+        return self.linear(F.silu(embedded)), embedded
+
+
+class _TimeGuidanceEmbed(nn.Module):
+    """Sana-Sprint's ``SanaCombinedTimestepGuidanceEmbeddings`` layout (``timestep_embedder``,
+    ``guidance_embedder``, ``linear``): the two embeddings are summed, then SiLU -> Linear(C, 6C)."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.timestep_embedder = _TimestepEmbedder(c)
+        self.guidance_embedder = _TimestepEmbedder(c)
+        self.linear = nn.Linear(c, 6 * c)
+
+    def forward(
+        self, t: torch.Tensor, dtype: torch.dtype, guidance: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if guidance is None:
+            raise ValueError("This transformer embeds guidance (Sana-Sprint): pass guidance (B,) with the timestep.")
+        te, ge = self.timestep_embedder, self.guidance_embedder
+        embedded = te.linear_2(F.silu(te.linear_1(_sinusoid(t, dtype))))
+        embedded = embedded + ge.linear_2(F.silu(ge.linear_1(_sinusoid(guidance, dtype))))
         return self.linear(F.silu(embedded)), embedded
 
 
@@ -215,11 +242,12 @@ class _PatchEmbed(nn.Module):
 
 
 class SanaTransformer(nn.Module):
-    """Sana linear DiT. ``forward(latent, timestep, encoder_hidden_states, encoder_attention_mask)``.
+    """Sana linear DiT. ``forward(latent, timestep, encoder_hidden_states, encoder_attention_mask[, guidance])``.
 
-    latent (B, 32, H, W); timestep (B,) float, already ⌊σ·1000⌋ as the scheduler makes it;
-    encoder_hidden_states (B, L, caption_channels); encoder_attention_mask (B, L) with 1 = keep.
-    Returns the flow prediction v (B, 32, H, W).
+    latent (B, 32, H, W); timestep (B,) float, already ⌊σ·1000⌋ as the scheduler makes it (Sana-Sprint: the
+    continuous TrigFlow time in [0, 1]); encoder_hidden_states (B, L, caption_channels); encoder_attention_mask
+    (B, L) with 1 = keep; guidance (B,) float, only for a guidance-embedded (Sana-Sprint) config: the guidance
+    scale times ``guidance_embeds_scale``. Returns the flow prediction v (B, 32, H, W).
     """
 
     def __init__(self, cfg: TransformerConfig) -> None:
@@ -227,7 +255,7 @@ class SanaTransformer(nn.Module):
         self.config = cfg
         c = cfg.hidden_size
         self.patch_embed = _PatchEmbed(cfg)
-        self.time_embed = _TimeEmbed(c)
+        self.time_embed = _TimeGuidanceEmbed(c) if cfg.guidance_embeds else _TimeEmbed(c)
         self.caption_projection = _CaptionProjection(cfg.caption_channels, c)
         self.caption_norm = RMSNorm(c, eps=1e-5)
         self.transformer_blocks = nn.ModuleList([SanaBlock(cfg) for _ in range(cfg.num_layers)])
@@ -245,9 +273,11 @@ class SanaTransformer(nn.Module):
         timestep: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor,
+        guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
         y = self._caption(encoder_hidden_states)
-        return self._denoise(latent, timestep, [b.text_kv(y) for b in self.transformer_blocks], encoder_attention_mask)
+        kv = [b.text_kv(y) for b in self.transformer_blocks]
+        return self._denoise(latent, timestep, kv, encoder_attention_mask, guidance)
 
     def _caption(self, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         return self.caption_norm(self.caption_projection(encoder_hidden_states.to(self.dtype)))
@@ -267,11 +297,12 @@ class SanaTransformer(nn.Module):
         timestep: torch.Tensor,
         text_kv: torch.Tensor,
         encoder_attention_mask: torch.Tensor,
+        guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One denoising step with the caption K/V from :meth:`text_kv`."""
         text_kv = text_kv.to(self.dtype)
         kv = [(text_kv[i, 0], text_kv[i, 1]) for i in range(len(self.transformer_blocks))]
-        return self._denoise(latent, timestep, kv, encoder_attention_mask)
+        return self._denoise(latent, timestep, kv, encoder_attention_mask, guidance)
 
     def _denoise(
         self,
@@ -279,11 +310,12 @@ class SanaTransformer(nn.Module):
         timestep: torch.Tensor,
         kv: list[tuple[torch.Tensor, torch.Tensor]],
         encoder_attention_mask: torch.Tensor,
+        guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, _, h, w = latent.shape
         dtype = self.dtype
         x = self.patch_embed(latent.to(dtype))
-        t0, embedded_t = self.time_embed(timestep, dtype)
+        t0, embedded_t = self.time_embed(timestep, dtype, guidance)
         mask_bias = ((1 - encoder_attention_mask.to(dtype)) * -10000.0)[:, None, None, :]
         for block, block_kv in zip(self.transformer_blocks, kv, strict=True):
             x = block(x, block_kv, mask_bias, t0, h, w)

@@ -33,8 +33,11 @@ class Denoiser(ABC):
         """Once per request: the text side of the transformer."""
 
     @abstractmethod
-    def __call__(self, latent: torch.Tensor, timestep: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        """One step: the flow prediction ``noise_pred`` (B, 32, h, w), fp32."""
+    def __call__(
+        self, latent: torch.Tensor, timestep: torch.Tensor, cond: Conditioning, **extra: torch.Tensor
+    ) -> torch.Tensor:
+        """One step: the flow prediction ``noise_pred`` (B, 32, h, w), fp32. ``extra``: further step-graph inputs
+        (Sana-Sprint's ``guidance``)."""
 
     @property
     @abstractmethod
@@ -54,10 +57,13 @@ class OneGraphDenoiser(Denoiser):
     def prepare(self, prompt_embeds: torch.Tensor, attention_mask: torch.Tensor) -> Conditioning:
         return Conditioning(prompt_embeds, attention_mask)
 
-    def __call__(self, latent: torch.Tensor, timestep: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+    def __call__(
+        self, latent: torch.Tensor, timestep: torch.Tensor, cond: Conditioning, **extra: torch.Tensor
+    ) -> torch.Tensor:
         out = self.transformer(
-            latent=latent, timestep=timestep, encoder_hidden_states=cond.text, encoder_attention_mask=cond.mask
-        )
+            latent=latent, timestep=timestep, encoder_hidden_states=cond.text, encoder_attention_mask=cond.mask,
+            **extra,
+        )  # fmt: skip
         return out["noise_pred"]
 
     @property
@@ -76,8 +82,12 @@ class SplitDenoiser(Denoiser):
     def prepare(self, prompt_embeds: torch.Tensor, attention_mask: torch.Tensor) -> Conditioning:
         return Conditioning(self.text(encoder_hidden_states=prompt_embeds)["text_kv"], attention_mask)
 
-    def __call__(self, latent: torch.Tensor, timestep: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        out = self.cached(latent=latent, timestep=timestep, text_kv=cond.text, encoder_attention_mask=cond.mask)
+    def __call__(
+        self, latent: torch.Tensor, timestep: torch.Tensor, cond: Conditioning, **extra: torch.Tensor
+    ) -> torch.Tensor:
+        out = self.cached(
+            latent=latent, timestep=timestep, text_kv=cond.text, encoder_attention_mask=cond.mask, **extra
+        )
         return out["noise_pred"]
 
     @property

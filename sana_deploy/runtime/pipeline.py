@@ -24,7 +24,7 @@ import torch
 
 from sana_deploy.errors import NonFiniteError, SanaDeployError, fail
 from sana_deploy.models.components import SanaComponents
-from sana_deploy.models.config import LATENT_CHANNELS, SanaPreset
+from sana_deploy.models.config import LATENT_CHANNELS, TEXT_MAX_LENGTH, SanaPreset
 from sana_deploy.runners import OrtOptions
 from sana_deploy.runtime.assemble import (
     cast_components,
@@ -33,13 +33,32 @@ from sana_deploy.runtime.assemble import (
     fixed_stages,
     load_model,
 )
+from sana_deploy.runtime.call_options import (
+    DEFAULT_CHI,
+    StepCallback,
+    StepState,
+    callback_outputs,
+    check_chi,
+    check_embeds,
+    check_guidance_scale,
+    check_max_sequence_length,
+    check_sprint_guidance,
+    check_unsupported,
+    resolve_sampler,
+    tensor_inputs,
+)
 from sana_deploy.runtime.exact_tiling import split_tiled_decode
 from sana_deploy.runtime.images import postprocess
 from sana_deploy.runtime.lora import LoraMixin
 from sana_deploy.runtime.providers import StageProvider
 from sana_deploy.runtime.resolution import SizePlan, plan_size, resize_and_crop
-from sana_deploy.runtime.solvers import make_solver
-from sana_deploy.runtime.text import COMPLEX_HUMAN_INSTRUCTION, PROMPT_CACHE, PromptCache, encode_prompts
+from sana_deploy.runtime.solvers import DEFAULT, DEFAULT_STEPS, Solver, make_solver
+from sana_deploy.runtime.text import (
+    COMPLEX_HUMAN_INSTRUCTION,
+    PROMPT_CACHE,
+    PromptCache,
+    encode_prompts,
+)
 from sana_deploy.runtime.tiling import TilingConfig, tiled_decode
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -212,34 +231,87 @@ class SanaDeployPipeline(LoraMixin):
     # --- one request ----------------------------------------------------------------------------------------
     def __call__(
         self,
-        prompt: str | list[str],
-        negative_prompt: str | list[str] = "",
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = "",
         height: int | None = None,
         width: int | None = None,
-        num_inference_steps: int = 20,
+        num_inference_steps: int | None = None,
         guidance_scale: float = 4.5,
         generator: torch.Generator | list[torch.Generator] | int | None = None,
         num_images_per_prompt: int = 1,
-        sampler: str = "flow-dpm-solver",
+        sampler: str | None = None,
         resolution_binning: bool = True,
         output_type: str = "pil",
         callback: Callback | None = None,
         latents: torch.Tensor | None = None,
-    ) -> SanaDeployOutput:
+        *,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        max_sequence_length: int = TEXT_MAX_LENGTH,
+        complex_human_instruction: Sequence[str] | None = DEFAULT_CHI,
+        callback_on_step_end: StepCallback | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] | None = None,
+        timesteps: Sequence[float] | torch.Tensor | None = None,
+        sigmas: Sequence[float] | None = None,
+        max_timesteps: float | None = DEFAULT,
+        intermediate_timesteps: float | None = DEFAULT,
+        eta: float = 0.0,
+        use_resolution_binning: bool | None = None,
+        return_dict: bool = True,
+        clean_caption: bool = False,
+        attention_kwargs: dict | None = None,
+    ) -> SanaDeployOutput | tuple:
         """Generate images. Returns :class:`SanaDeployOutput` (``.images``, per-stage ``.seconds``)."""
-        prompts = _prompt_list(prompt, "prompt")
-        negatives = _prompt_list(negative_prompt, "negative_prompt")
+        # diffusers' call options (docs/VARIANTS.md#diffusers-call-signature), checked before any stage runs
+        check_unsupported(eta, clean_caption, attention_kwargs)
+        guidance_scale = check_guidance_scale(guidance_scale)
+        sprint = self.preset.sprint
+        sampler = resolve_sampler(self.preset, sampler)
+        check_sprint_guidance(self.preset, guidance_scale, negative_prompt, negative_prompt_embeds)
+        cfg = guidance_scale > 1.0 and not sprint  # Sprint: guidance is a transformer input, never a CFG batch
+        max_sequence_length = check_max_sequence_length(max_sequence_length)
+        chi = self.complex_human_instruction if complex_human_instruction is DEFAULT_CHI else complex_human_instruction
+        chi = check_chi(chi)
+        step_inputs = tensor_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs, sprint)
+        if use_resolution_binning is not None:
+            resolution_binning = bool(use_resolution_binning)
+        caption = self.preset.transformer.caption_channels
+        if prompt_embeds is not None:
+            if prompt is not None:
+                fail("Pass prompt or prompt_embeds, not both (prompt_embeds are used as given).")
+            prompt_embeds, prompt_attention_mask = check_embeds(
+                prompt_embeds, prompt_attention_mask, "prompt_embeds", caption
+            )
+            prompts = [""] * prompt_embeds.shape[0]
+        elif prompt is None:
+            fail("Provide prompt or prompt_embeds (with prompt_attention_mask).")
+        else:
+            prompts = _prompt_list(prompt, "prompt")
+        if negative_prompt_embeds is not None:
+            if _prompt_list(negative_prompt or "", "negative_prompt") != [""]:
+                fail("Pass negative_prompt or negative_prompt_embeds, not both.")
+            if prompt_embeds is None:
+                fail("negative_prompt_embeds go with prompt_embeds; pass both (or neither and the prompts as text).")
+            negative_prompt_embeds, negative_prompt_attention_mask = check_embeds(
+                negative_prompt_embeds, negative_prompt_attention_mask, "negative_prompt_embeds", caption, prompt_embeds
+            )
+        negatives = _prompt_list("" if negative_prompt is None else negative_prompt, "negative_prompt")
         if len(negatives) == 1:
             negatives = negatives * len(prompts)
         if len(negatives) != len(prompts):
             fail(f"Got {len(negatives)} negative prompts for {len(prompts)} prompts; pass one or one per prompt.")
+        if isinstance(generator, int) and not isinstance(generator, bool):  # one generator for the whole call
+            generator = torch.Generator().manual_seed(generator)
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             fail(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}.")
         if output_type not in OUTPUT_TYPES:
             fail(f"Unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}.")
         plan = plan_size(height, width, self.preset, resolution_binning)
-        solver = make_solver(sampler, num_inference_steps, self.preset.flow_shift)
-        cfg = guidance_scale > 1.0
+        solver = self._solver(
+            sampler, num_inference_steps, generator, timesteps, sigmas, max_timesteps, intermediate_timesteps
+        )
         n = num_images_per_prompt
         batch = len(prompts) * n
         seconds: dict[str, float] = {}
@@ -248,7 +320,21 @@ class SanaDeployPipeline(LoraMixin):
 
         # 1. text: each distinct text encoded once per request
         start = self._clock()
-        emb, mask, backends["text_encoder"] = self._encode(prompts, negatives if cfg else None, plan, len(prompts))
+        if prompt_embeds is None:
+            emb, mask, backends["text_encoder"] = self._encode(
+                prompts, negatives if cfg else None, plan, len(prompts), chi, max_sequence_length
+            )
+        else:  # used as given; the negatives (with CFG) from negative_prompt_embeds or encoded from the text
+            emb, mask, backends["text_encoder"] = prompt_embeds, prompt_attention_mask, "given (prompt_embeds)"
+            if cfg and negative_prompt_embeds is None:
+                neg, neg_mask, label = self._encode(negatives, None, plan, len(prompts), None, max_sequence_length)
+                backends["text_encoder"] = f"{label} (negative prompt; prompt_embeds given)"
+                negative_prompt_embeds, negative_prompt_attention_mask = check_embeds(
+                    neg, neg_mask, "the encoded negative prompt", caption, prompt_embeds
+                )
+            if cfg:
+                emb = torch.cat([negative_prompt_embeds, emb])
+                mask = torch.cat([negative_prompt_attention_mask, mask])
         require_finite(emb, "text_encoder", backends["text_encoder"], plan)
         groups = 2 if cfg else 1  # [negatives; prompts] -> repeat each row n times, keeping the group order
         emb = emb.repeat_interleave(n, dim=0).to(self.device)
@@ -265,30 +351,53 @@ class SanaDeployPipeline(LoraMixin):
             fail(f"latents must have shape {shape} for this request, got {tuple(x.shape)}.")
         if latents is not None and not bool(torch.isfinite(x).all()):
             fail("latents contain NaN or inf; pass finite latents (or none: they are drawn from the generator).")
+        x = x * solver.init_noise_sigma  # Sprint: N(0, 1)·sigma_data (caller latents too, as diffusers)
         denoiser = self.provider.denoiser(plan.height, plan.width, groups * batch)
         backends["transformer"] = denoiser.label
         cond = denoiser.prepare(emb, mask)
         require_finite(cond.text, "transformer", denoiser.label, plan, "in the caption K/V")
+        extra = {}  # further step-graph inputs: Sprint's embedded guidance, per image
+        if sprint:
+            scale = self.preset.transformer.guidance_embeds_scale
+            extra["guidance"] = torch.full((batch,), guidance_scale, dtype=torch.float32, device=self.device) * scale
+        state = StepState(self, guidance_scale, solver.steps, cfg)
         step_seconds = []
         for i in self._steps(solver.steps):
+            if state.interrupt:  # a callback_on_step_end set pipe._interrupt: the remaining steps are skipped
+                break
             step_start = self._clock()
-            model_in = torch.cat([x, x]) if cfg else x
+            model_in = solver.model_input(x)
+            model_in = torch.cat([model_in, model_in]) if cfg else model_in
             t = solver.model_timestep(model_in.shape[0], self.device)
-            v = denoiser(model_in, t, cond).float()
+            schedule_t = solver.schedule_timestep()
+            v = denoiser(model_in, t, cond, **extra).float()
             require_finite(v, "transformer", denoiser.label, plan, f"at step {i + 1} of {solver.steps}")
             if cfg:
                 v_uncond, v_cond = v.chunk(2)
                 v = v_uncond + guidance_scale * (v_cond - v_uncond)
             x = solver.step(v, x)
             step_seconds.append(self._clock() - step_start)
+            if callback_on_step_end is not None:  # diffusers' protocol: may edit the latents / embeddings, or stop
+                current = {"latents": x, "prompt_embeds": emb}  # prompt_embeds: [negatives; prompts] with CFG
+                if not sprint:  # diffusers hands the negatives too; returning them has no effect there either
+                    current["negative_prompt_embeds"] = emb[: emb.shape[0] // 2] if cfg else None
+                kwargs = {k: current[k] for k in step_inputs}
+                outputs = callback_on_step_end(state, i, schedule_t, kwargs)
+                changed = callback_outputs(outputs, current, i, tuple(current))
+                x = changed["latents"].to(self.device, torch.float32) if "latents" in changed else x
+                if "prompt_embeds" in changed:  # new conditioning: the caption K/V again, for the next steps
+                    emb = changed["prompt_embeds"].to(self.device, torch.float32)
+                    cond = denoiser.prepare(emb, mask)
+                    require_finite(cond.text, "transformer", denoiser.label, plan, "in the caption K/V")
             if callback is not None:
                 callback(i, float(t[0]), x)
         seconds["denoise"] = self._clock() - start
+        x = solver.result(x)  # Sprint: the last step's x0 / sigma_data
         require_finite(x, "denoising loop", f"{sampler} over {denoiser.label}", plan, "in the final latents")
         result = SanaDeployOutput(x, plan.height, plan.width, seconds, backends, "off", step_seconds, denoiser.kind)
         if output_type == "latent":
             seconds["total"] = self._clock() - call_start
-            return result
+            return result if return_dict else (result.images,)
 
         # 3. DC-AE decode (tiled above the threshold), resize back from the bucket, convert
         start = self._clock()
@@ -300,7 +409,27 @@ class SanaDeployPipeline(LoraMixin):
         result.images = postprocess(image, output_type)
         result.height, result.width = plan.out_height, plan.out_width
         seconds["total"] = self._clock() - call_start
-        return result
+        return result if return_dict else (result.images,)
+
+    def _solver(
+        self, sampler: str, steps: int | None, generator, timesteps, sigmas, max_timesteps, intermediate_timesteps
+    ) -> Solver:  # noqa: ANN001
+        """This request's solver; the step count defaults to the custom schedule's length, else the solver's."""
+        if steps is None:
+            custom = timesteps if timesteps is not None else sigmas
+            if custom is not None and hasattr(custom, "__len__"):
+                steps = len(custom) - (1 if sampler == "scm" and timesteps is not None else 0)
+            else:
+                steps = DEFAULT_STEPS[sampler]
+
+        def noise(shape: tuple[int, ...]) -> torch.Tensor:  # the sCM solver's fresh noise, from the same generator
+            return _latents(shape, generator, self.device)
+
+        return make_solver(
+            sampler, steps, self.preset.flow_shift, timesteps=timesteps, sigmas=sigmas, noise=noise,
+            sigma_data=self.preset.sigma_data, max_timesteps=max_timesteps,
+            intermediate_timesteps=intermediate_timesteps,
+        )  # fmt: skip
 
     def _clock(self) -> float:
         """``perf_counter``, after a CUDA synchronise when the timings must be exact (``sync_timings``)."""
@@ -309,12 +438,19 @@ class SanaDeployPipeline(LoraMixin):
         return time.perf_counter()
 
     def _encode(
-        self, prompts: list[str], negatives: list[str] | None, plan: SizePlan, batch: int
+        self,
+        prompts: list[str],
+        negatives: list[str] | None,
+        plan: SizePlan,
+        batch: int,
+        chi: Sequence[str] | None | str = DEFAULT_CHI,
+        max_sequence_length: int = TEXT_MAX_LENGTH,
     ) -> tuple[torch.Tensor, torch.Tensor, str]:
         te = self.provider.runner("text_encoder", plan.height, plan.width, batch)
+        chi = self.complex_human_instruction if chi is DEFAULT_CHI else chi
         emb, mask = encode_prompts(
-            te, self.tokenizer, prompts, negatives, self.complex_human_instruction, te.pad_seq_to,
-            cache=self.prompt_cache, model_id=self.model_id,
+            te, self.tokenizer, prompts, negatives, chi, te.pad_seq_to,
+            cache=self.prompt_cache, model_id=self.model_id, max_length=max_sequence_length,
         )  # fmt: skip
         return emb, mask, te.label
 
@@ -322,17 +458,29 @@ class SanaDeployPipeline(LoraMixin):
         self,
         prompt: str | list[str],
         negative_prompt: str | list[str] = "",
-        do_classifier_free_guidance: bool = True,
+        do_classifier_free_guidance: bool | None = None,
         height: int | None = None,
         width: int | None = None,
+        *,
+        max_sequence_length: int = TEXT_MAX_LENGTH,
+        complex_human_instruction: Sequence[str] | None = DEFAULT_CHI,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The text embeddings and masks one request runs on: ``[negatives; prompts]`` with CFG, fp32 (B, 300, C)
-        and int64 (B, 300), exactly as :meth:`__call__` computes them."""
+        """The text embeddings and masks one request runs on: ``[negatives; prompts]`` with CFG, fp32 (B, L, C)
+        and int64 (B, L) with L = ``max_sequence_length``, exactly as :meth:`__call__` computes them (and as it takes
+        them back as ``prompt_embeds``). ``do_classifier_free_guidance``: default on, except for Sana-Sprint (which
+        has no CFG)."""
+        cfg = not self.preset.sprint if do_classifier_free_guidance is None else do_classifier_free_guidance
+        if cfg and self.preset.sprint:
+            check_sprint_guidance(self.preset, 4.5, negative_prompt or "CFG", None)
         prompts = _prompt_list(prompt, "prompt")
         negatives = _prompt_list(negative_prompt, "negative_prompt")
         negatives = negatives * len(prompts) if len(negatives) == 1 else negatives
         plan = plan_size(height, width, self.preset, True)
-        emb, mask, _ = self._encode(prompts, negatives if do_classifier_free_guidance else None, plan, len(prompts))
+        chi = check_chi(
+            self.complex_human_instruction if complex_human_instruction is DEFAULT_CHI else complex_human_instruction
+        )
+        length = check_max_sequence_length(max_sequence_length)
+        emb, mask, _ = self._encode(prompts, negatives if cfg else None, plan, len(prompts), chi, length)
         return emb, mask
 
     def _steps(self, steps: int):
