@@ -17,7 +17,7 @@ from typing import NoReturn
 
 import click
 
-from sana_deploy.cli import bench, engines, export, generate, serve
+from sana_deploy.cli import bench, engines, export, generate, quantize, serve
 from sana_deploy.errors import SanaDeployError
 
 DEBUG_ENV = "SANA_DEPLOY_DEBUG"
@@ -108,6 +108,7 @@ for _command in (
     export.models,
     export.export,
     engines.build,
+    quantize.quantize,
     engines.engines,
     generate.generate,
     bench.bench,

@@ -9,6 +9,7 @@ import click
 
 from sana_deploy.cli.options import PRECISIONS, model_option, preset_option, random_weights_option
 from sana_deploy.engines.backends import BACKEND_CHOICES, BACKENDS, not_runnable_note
+from sana_deploy.export.quantized import QUANT_MODES
 
 DEFAULT_ENGINE_DIR = Path("engines")
 
@@ -39,7 +40,21 @@ def _csv(values: str | None) -> tuple[str, ...] | None:
 @random_weights_option
 @click.option("--profiles", default="1024", show_default=True, help="Base resolutions: 512, 1024, 2048, 4096.")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES, case_sensitive=False), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+@click.option(
+    "--precision",
+    type=click.Choice((*PRECISIONS, *QUANT_MODES)),
+    default="fp32",
+    show_default=True,
+    help="int8/fp8: the same as --quantize int8/fp8.",
+)
+@click.option(
+    "--quantize",
+    type=click.Choice(QUANT_MODES),
+    default=None,
+    help="Quantized transformer graphs (sana-deploy quantize; calibrates on the built-in prompts when none exist): "
+    "int8 for onnxruntime/openvino (and tensorrt with a modelopt recipe), fp8 for tensorrt/tensorrt-rtx.",
+)
+@click.option("--recipe", default=None, help="Quantization recipe name or digest prefix [the newest that runs].")
 @click.option("--max-batch", type=int, default=1, show_default=True, help="Images per request (engines take 2x: CFG).")
 @click.option(
     "--static", is_flag=True, help="One exact image size per profile (base x base; batch still 1 .. 2 x max-batch)."
@@ -80,10 +95,22 @@ def build(
     targets: str | None,
     plugins: tuple[Path, ...],
     no_kv_cache: bool,
+    quantize: str | None = None,
+    recipe: str | None = None,
 ) -> None:
     """Build engines for resolution profiles (exports first if needed); cached engines are reused."""
     from sana_deploy.engines.backends import BuildOptions
     from sana_deploy.engines.builder import build_engines
+
+    mode = quantize or (precision if precision in QUANT_MODES else None)
+    if mode and recipe is None:  # no Q/DQ graph of this mode yet: calibrate on the built-in prompts first
+        from sana_deploy.contract import parse_components, pipeline_components
+        from sana_deploy.engines.backends import get_backend
+        from sana_deploy.quantize import ensure_quantized
+
+        names = pipeline_components(not no_kv_cache) if components is None else parse_components(components)
+        chosen = get_backend(backend.lower())[0].name
+        recipe = ensure_quantized(model, mode, chosen, names, export_dir, preset, random_weights)
 
     options = BuildOptions(
         opt_level=opt_level,
@@ -106,6 +133,8 @@ def build(
         preset=preset,
         random_weights=random_weights,
         kv_cache=not no_kv_cache,
+        quantize=quantize,
+        recipe=recipe,
     )
     rows = [
         [

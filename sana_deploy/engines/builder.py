@@ -30,6 +30,7 @@ from sana_deploy.engines.backends import Backend, BuildJob, BuildOptions, get_ba
 from sana_deploy.engines.cache import EngineCache, sha256_file
 from sana_deploy.engines.lazy import EngineFromOnnx, SaveEngine
 from sana_deploy.engines.profiles import Profile, check_max_batch
+from sana_deploy.engines.quantized import quant_flags, quant_options, quantized_export, split_precision
 from sana_deploy.engines.records import CacheKey, EngineEntry, check_model_dir, is_plain_name
 from sana_deploy.errors import fail
 from sana_deploy.export import ensure_export, load_manifest
@@ -70,7 +71,7 @@ def check_onnx_matches(export: Export) -> None:
 
 def cache_key(backend: Backend, model: str, export: Export, precision: str, profile: Profile, options: BuildOptions):
     shapes = profile.input_shapes(export.manifest["inputs"])
-    flags = {**options.key_fields(), "static": profile.static}
+    flags = {**options.key_fields(), "static": profile.static, **quant_flags(export.manifest)}
     return CacheKey(
         model=model,
         component=export.component,
@@ -221,18 +222,24 @@ def build_engines(
     progress: bool = True,
     say: Callable[[str], None] | None = None,
     kv_cache: bool = True,
+    quantize: str | None = None,
+    recipe: str | None = None,
 ) -> list[EngineEntry]:
     """Build (or find) one engine per component and profile. Returns the entries, ``.hit`` set on cache hits.
 
     ``components`` None: what the pipeline runs, the caption K/V split (``kv_cache``) or the one-graph transformer.
+    ``quantize`` (``int8``/``fp8``, or ``precision="int8"``): the transformer graphs from the Q/DQ exports of
+    ``sana-deploy quantize`` (``recipe``: a recipe name or digest prefix; default the newest for these weights that
+    the backend runs), every engine recorded at that precision (``sana_deploy.engines.quantized``).
     """
     say = say or (lambda m: print(f"[sana-deploy build] {m}", file=sys.stderr, flush=True))
+    precision, quantize = split_precision(precision, quantize)
     torch_dtype(precision)
     bases = parse_profiles(profiles if isinstance(profiles, str) else list(profiles))
     max_batch = check_max_batch(max_batch)
     names = pipeline_components(kv_cache) if components is None else parse_components(components)
     chosen, why = get_backend(backend)
-    options = options or BuildOptions()
+    options = quant_options(chosen, options or BuildOptions(), quantize)
     device = chosen.target_device(options)  # validates targets before anything is exported
     say(f"backend: {chosen.name} {chosen.version()} for {device} ({why})")
     if note := not_runnable_note(chosen, device):  # e.g. tensorrt-rtx on a CPU-only machine: built for another
@@ -249,13 +256,18 @@ def build_engines(
 
     root = Path(export_root) if export_root is not None else default_export_root(model)
     exports = exports_for(components, names, chosen.export_precision(precision), root, say)
+    for c in names if quantize else ():  # the transformer graphs' Q/DQ exports; the others stay fp32
+        if found := quantized_export(root, c, quantize, recipe, components.content_hash(c), chosen.name, model):
+            say(f"{c}: {quantize} graph {found[0].parent.parent.name} ({found[1]['quantization']['tool']})")
+            exports[c] = Export(c, *found)
     tasks = [(exports[c], Profile.from_base(b, max_batch, static)) for c in names for b in bases]
     entries: list[EngineEntry] = []
     seen: set[str] = set()
     bar = _progress_bar(len(tasks), progress)
     for export, profile in tasks:
         bar.set_description(f"{export.component} [{profile.name}]")
-        entry = build_one(cache, chosen, model, export, precision, profile, options, load, bar.set_postfix_str)
+        key_precision = quantize or precision  # a quantized build's engines never answer an fp32 lookup
+        entry = build_one(cache, chosen, model, export, key_precision, profile, options, load, bar.set_postfix_str)
         if entry.key not in seen:  # the text encoder's profiles coincide: one engine, listed once
             seen.add(entry.key)
             entries.append(entry)

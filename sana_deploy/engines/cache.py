@@ -53,6 +53,7 @@ from sana_deploy.engines.records import (
     read_meta,
 )
 from sana_deploy.errors import fail
+from sana_deploy.export.quantized import QUANT_MODES
 from sana_deploy.fileio import write_atomic
 
 MANIFEST = "manifest.json"
@@ -475,7 +476,8 @@ class EngineCache:
     ) -> EngineEntry | None:
         """The engine whose profile covers the request and that runs here, or None (a miss).
 
-        Preference: the given backend/precision; else backend rank (tensorrt, tensorrt-rtx, aoti, onnxruntime),
+        Preference: the given backend/precision (quantized int8/fp8 engines only when ``precision`` names them);
+        else backend rank (tensorrt, tensorrt-rtx, aoti, onnxruntime),
         then the profile whose opt shape is closest, then the newest.
         """
         component = parse_components(component)[0]
@@ -485,6 +487,8 @@ class EngineCache:
             if model_dirname(s["model"]) != model or s["component"] != component:
                 continue
             if (backend and s["backend"] != backend) or (precision and s["precision"] != precision):
+                continue
+            if not precision and s["precision"] in QUANT_MODES:  # quantized engines only when asked for by name
                 continue
             profile = Profile.from_json(s["profile"])
             if not profile.covers(height, width, batch, component):

@@ -159,7 +159,7 @@ def engine_provider(
     if fallback not in FIXED_BACKENDS:
         fail(f"Fallback backend must be torch or onnxruntime, got {fallback!r}.")
     tokenizer, preset, model_id = tokenizer_and_preset(model, random_weights)
-    fb_precision = precision or "fp32"
+    fb_precision = precision if precision in ("fp16", "bf16") else "fp32"  # None, fp32, int8/fp8: fp32 torch
 
     def make_fallback() -> FixedStages:
         comps = load_model(model, fb_precision, random_weights, None, device)
