@@ -21,7 +21,11 @@ from sana_deploy.models.config import VAE_SCALE
 COMPONENTS = ("transformer", "vae", "text_encoder")
 # The transformer split: caption K/V once per request (transformer_text) + the per-step graph that takes them.
 SPLIT_TRANSFORMER = ("transformer_text", "transformer_cached")
-ALL_COMPONENTS = COMPONENTS + SPLIT_TRANSFORMER
+# The DC-AE encoder (image -> latent; img2img and the ControlNet's control image), exported from the loaded vae.
+VAE_ENCODER = "vae_encoder"
+# The graphs of one base model (what a model's export folder can hold without other weights).
+BASE_GRAPHS = COMPONENTS + SPLIT_TRANSFORMER + (VAE_ENCODER,)
+ALL_COMPONENTS = BASE_GRAPHS
 # What the product path runs (and `build` builds) by default: the split, not the one-graph transformer.
 PIPELINE_COMPONENTS = ("text_encoder", "transformer_text", "transformer_cached", "vae")
 ONE_GRAPH_COMPONENTS = ("text_encoder", "transformer", "vae")
@@ -39,6 +43,8 @@ _ALIASES = {
     "transformer_text": "transformer_text",
     "transformer-cached": "transformer_cached",
     "transformer_cached": "transformer_cached",
+    "vae-encoder": VAE_ENCODER,
+    "vae_encoder": VAE_ENCODER,
 }
 
 
@@ -51,14 +57,18 @@ def parse_components(spec: str | tuple[str, ...] | list[str] | None) -> tuple[st
     if bad or not items:
         fail(
             f"Unknown component(s) {bad or spec!r}; choose from transformer, vae, text-encoder "
-            f"(or transformer-text and transformer-cached, the transformer split for caching the caption K/V)."
+            f"(or transformer-text and transformer-cached, the transformer split for caching the caption K/V; "
+            f"vae-encoder, the DC-AE encoder for img2img)."
         )
     chosen = {_ALIASES[s] for s in items}
     return tuple(c for c in ALL_COMPONENTS if c in chosen)
 
 
 def module_of(component: str) -> str:
-    """The loaded module a component is exported from (the split transformer graphs use the transformer)."""
+    """The loaded module a component is exported from (the split transformer graphs use the transformer, the DC-AE
+    encoder the vae)."""
+    if component == VAE_ENCODER:
+        return "vae"
     return "transformer" if component in SPLIT_TRANSFORMER else component
 
 

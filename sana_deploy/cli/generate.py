@@ -80,6 +80,18 @@ from sana_deploy.runtime.solvers import SAMPLERS
     metavar="FILE[:WEIGHT]",
     help="LoRA adapter (.safetensors) and its weight [1]; repeat for several, all active together.",
 )
+@click.option(
+    "--image",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="img2img: start from this image (any size and mode; the output size defaults to its own).",
+)
+@click.option(
+    "--strength",
+    type=float,
+    default=None,
+    help="img2img: how much of the schedule runs from the noised --image, in (0, 1] [0.6]; 1 ignores the image.",
+)
 @kv_cache_option
 def generate(
     prompt: str | None,
@@ -105,6 +117,8 @@ def generate(
     vae_tile: int,
     no_progress: bool,
     loras: tuple[str, ...],
+    image: Path | None,
+    strength: float | None,
     no_kv_cache: bool,
 ) -> None:
     """Generate images from PROMPT (or --prompts FILE) and write PNGs."""
@@ -135,6 +149,8 @@ def generate(
         progress=not no_progress,
         kv_cache=not no_kv_cache,
         loras=tuple(parse_lora(spec) for spec in loras),
+        image=image,
+        strength=strength,
     )
     for line in generate_images(request):
         click.echo(line)

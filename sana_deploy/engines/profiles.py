@@ -151,6 +151,9 @@ class Profile:
     def _axis(self, dim: int | str) -> tuple[int, int, int]:
         if isinstance(dim, int):
             return (dim, dim, dim)
+        factor, _, axis = dim.rpartition("*")  # a derived side, e.g. the DC-AE encoder's "32*latent_h"
+        if factor.isdigit() and axis in self.axes:
+            return tuple(int(factor) * v for v in self._axis(axis))  # type: ignore[return-value]
         if dim not in self.axes:
             fail(
                 f"Profile {self.name} has no range for axis {dim!r}; re-export the graph with sana-deploy.", ShapeError

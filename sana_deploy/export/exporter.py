@@ -34,7 +34,7 @@ from sana_deploy.errors import ExportError, ParityError, SanaDeployError, fail
 from sana_deploy.export.exact_rules import exact_no_op_rules
 from sana_deploy.export.onnx_functions import DOMAIN, FUNCTION_VERSION, PLUGIN_ATTRS, attach_functions, register_schemas
 from sana_deploy.export.parity import ParityResult, check_parity
-from sana_deploy.export.specs import SPECS, ExportSpec
+from sana_deploy.export.specs import SPECS, ExportSpec, axis_factor
 from sana_deploy.models.components import SanaComponents
 from sana_deploy.plugins.registry import use_kernels
 from sana_deploy.runners.weights import match_weights, onnx_initializers, write_weight_map
@@ -85,8 +85,14 @@ def _translation_table() -> dict:
 
 
 def _dynamic_shapes(spec: ExportSpec) -> tuple:
+    """One ``Dim`` per named axis; a derived pattern (``"32*latent_h"``) is that multiple of its axis's ``Dim``."""
     dims = {name: torch.export.Dim(name, min=r.min, max=r.max) for name, r in spec.axes.items()}
-    return tuple({i: dims[d] for i, d in enumerate(t.shape) if isinstance(d, str)} for t in spec.inputs)
+
+    def dim(pattern: str):  # noqa: ANN202
+        factor, axis = axis_factor(pattern)
+        return dims[axis] if factor == 1 else factor * dims[axis]
+
+    return tuple({i: dim(d) for i, d in enumerate(t.shape) if isinstance(d, str)} for t in spec.inputs)
 
 
 def trace_to_onnx(

@@ -34,10 +34,17 @@ class TensorSpec:
 
 
 def _eval(expr: str, sizes: dict[str, int]) -> int:
+    factor, axis = axis_factor(expr)
+    return factor * sizes[axis]
+
+
+def axis_factor(expr: str) -> tuple[int, str]:
+    """A dimension pattern as (factor, axis name): ``"latent_h"`` -> (1, "latent_h"), ``"32*latent_h"`` -> (32,
+    "latent_h"). A derived axis (an image side of the DC-AE encoder) is a multiple of a named one."""
     if "*" in expr:
         a, b = expr.split("*")
-        return int(a) * sizes[b]
-    return sizes[expr]
+        return int(a), b
+    return 1, expr
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,19 @@ class _VaeDecoderIO(nn.Module):
     def forward(self, latent):
         dtype = next(self.vae.parameters()).dtype
         return self.vae.decode(latent.to(dtype), return_dict=False)[0].float()
+
+
+class _VaeEncoderIO(nn.Module):
+    """DC-AE encoder: image (B, 3, H, W) in [-1, 1] -> ``latent`` (B, 32, H/32, W/32), unscaled (deterministic: the
+    DC-AE has no posterior to sample)."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, image):
+        dtype = next(self.vae.parameters()).dtype
+        return self.vae.encode(image.to(dtype), return_dict=False)[0].float()
 
 
 class _TextEncoderIO(nn.Module):
@@ -229,6 +249,26 @@ def vae_spec(components: SanaComponents) -> ExportSpec:
     )
 
 
+def vae_encoder_spec(components: SanaComponents) -> ExportSpec:
+    """The DC-AE encoder; the image axes are derived (32 x the latent axes), so every size it takes is a valid one.
+    Latents of at least 6x6, as for the decoder: the encoder's last stage runs the same multiscale attention."""
+    return ExportSpec(
+        component="vae_encoder",
+        inputs=(TensorSpec("image", ("batch", 3, f"{VAE_SCALE}*latent_h", f"{VAE_SCALE}*latent_w")),),
+        outputs=(TensorSpec("latent", ("batch", LATENT_CHANNELS, "latent_h", "latent_w")),),
+        axes={"batch": AxisRange(1, 64), "latent_h": AxisRange(6, 512), "latent_w": AxisRange(6, 512)},
+        export_sizes={"batch": 2, "latent_h": 10, "latent_w": 14},
+        parity_sizes=(
+            {"batch": 1, "latent_h": 8, "latent_w": 8},
+            {"batch": 1, "latent_h": 6, "latent_w": 8},
+            {"batch": 1, "latent_h": 8, "latent_w": 6},
+            {"batch": 2, "latent_h": 12, "latent_w": 16},
+        ),
+        tolerance={"fp32": 1e-5, "fp16": 2e-2, "bf16": 5e-2},
+        wrap=lambda c: _VaeEncoderIO(c.get("vae")),
+    )
+
+
 def text_encoder_spec(components: SanaComponents) -> ExportSpec:
     hidden = components.preset.text_encoder.get("hidden_size", 2304)
     return ExportSpec(
@@ -256,4 +296,5 @@ SPECS: dict[str, Callable[[SanaComponents], ExportSpec]] = {
     "text_encoder": text_encoder_spec,
     "transformer_text": transformer_text_spec,
     "transformer_cached": transformer_cached_spec,
+    "vae_encoder": vae_encoder_spec,
 }

@@ -7,6 +7,7 @@ objects; the denoiser (caption K/V split or one-graph transformer) is chosen by 
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -14,6 +15,7 @@ import torch
 from sana_deploy.contract import (
     ALL_COMPONENTS,
     COMPONENTS,
+    VAE_ENCODER,
     component_dtype,
     component_precision,
     default_export_root,
@@ -109,9 +111,15 @@ def fixed_stages(
     if own_modules:
         comps.transformer = comps.text_encoder = None
         gc.collect()
-    runners: dict[str, Runner] = {
+    runners: dict[str, Runner | Callable[[], Runner]] = {
         c: OrtRunner(paths[c], c, component_precision(c, precision), ort_options) for c in names
     }
+    # optional stages (img2img's DC-AE encoder): exported and loaded on first use, from the vae this provider keeps
+
+    def ort_runner(c: str) -> Runner:
+        return OrtRunner(ensure_export(comps, c, precision, root)[0], c, component_precision(c, precision), ort_options)
+
+    runners.update({c: (lambda c=c: ort_runner(c)) for c in (VAE_ENCODER,) if c not in runners})
     # the exact tiled decode (large images) runs the torch DC-AE (small next to the others: kept)
     return FixedStages(runners, vae_module=comps.vae, kv_cache=kv_cache)
 

@@ -18,6 +18,7 @@ from sana_deploy.errors import fail
 from sana_deploy.models.config import PRESETS
 from sana_deploy.models.lora import LoraError, check_scale
 from sana_deploy.runtime.images import save_png
+from sana_deploy.runtime.img2img import check_strength, load_image
 from sana_deploy.runtime.pipeline import SanaDeployPipeline
 from sana_deploy.runtime.providers import engine_cache_has
 from sana_deploy.runtime.resolution import check_size, plan_size
@@ -54,6 +55,8 @@ class GenerateRequest:
     progress: bool = True
     kv_cache: bool = True  # the caption K/V split (False: the one-graph transformer)
     loras: tuple[tuple[Path, float], ...] = ()  # LoRA adapters (file, weight), all active together
+    image: Path | None = None  # img2img: the start image (the size defaults to its own)
+    strength: float | None = None  # img2img: share of the schedule that runs from the noised image [0.6]
 
 
 def build_pipeline(req: GenerateRequest) -> SanaDeployPipeline:
@@ -184,6 +187,12 @@ def check_request(req: GenerateRequest) -> int:
         check_scale(weight, f"--lora {path}: the weight")
         if not Path(path).is_file():
             fail(f"--lora {path}: no such file; pass a LoRA .safetensors file (optionally FILE:WEIGHT).", LoraError)
+    if req.strength is not None:
+        if req.image is None:
+            fail("--strength sets how far img2img departs from --image; pass --image too (or leave --strength out).")
+        check_strength(req.strength)
+    if req.image is not None:  # read now: a missing or non-image file fails before the model loads
+        load_image(req.image, "--image")
     low, high = _SEED_RANGE
     if not isinstance(req.seed, int) or not low <= req.seed <= high - (len(req.prompts) - 1):
         fail(f"--seed must be an integer from 0 to {high - (len(req.prompts) - 1)}, got {req.seed!r}.")
@@ -197,6 +206,8 @@ def generate_images(req: GenerateRequest) -> Iterator[str]:
     ``--output`` fails at once, not after the generation."""
     steps = check_request(req)
     paths = output_paths(Path(req.output), len(req.prompts) * req.batch)
+    image = load_image(req.image, "--image") if req.image is not None else None
+    img2img = {} if image is None else {"image": image, "strength": 0.6 if req.strength is None else req.strength}
     pipe = build_pipeline(req)
     pipe.set_progress_bar(req.progress)
     k = 0
@@ -212,6 +223,7 @@ def generate_images(req: GenerateRequest) -> Iterator[str]:
             num_images_per_prompt=req.batch,
             sampler=req.sampler,
             resolution_binning=req.resolution_binning,
+            **img2img,
         )
         timing = ", ".join(f"{k_}: {v:.2f}s" for k_, v in out.seconds.items())
         stages = ", ".join(f"{k_}={v}" for k_, v in out.backends.items())

@@ -49,6 +49,7 @@ from sana_deploy.runtime.call_options import (
 )
 from sana_deploy.runtime.exact_tiling import split_tiled_decode
 from sana_deploy.runtime.images import postprocess
+from sana_deploy.runtime.img2img import check_strength, image_size, load_image, prepare_images, start_step
 from sana_deploy.runtime.lora import LoraMixin
 from sana_deploy.runtime.providers import StageProvider
 from sana_deploy.runtime.resolution import SizePlan, plan_size, resize_and_crop
@@ -244,6 +245,8 @@ class SanaDeployPipeline(LoraMixin):
         output_type: str = "pil",
         callback: Callback | None = None,
         latents: torch.Tensor | None = None,
+        image=None,  # noqa: ANN001
+        strength: float = 0.6,
         *,
         prompt_embeds: torch.Tensor | None = None,
         prompt_attention_mask: torch.Tensor | None = None,
@@ -263,7 +266,12 @@ class SanaDeployPipeline(LoraMixin):
         clean_caption: bool = False,
         attention_kwargs: dict | None = None,
     ) -> SanaDeployOutput | tuple:
-        """Generate images. Returns :class:`SanaDeployOutput` (``.images``, per-stage ``.seconds``)."""
+        """Generate images. Returns :class:`SanaDeployOutput` (``.images``, per-stage ``.seconds``).
+
+        img2img (``image``: a path, PIL image, array or tensor, or one per prompt): the image is encoded by the DC-AE
+        encoder and noised to the schedule entry ``strength`` (0, 1] starts at, as diffusers' img2img pipelines do;
+        the size defaults to the image's.
+        """
         # diffusers' call options (docs/VARIANTS.md#diffusers-call-signature), checked before any stage runs
         check_unsupported(eta, clean_caption, attention_kwargs)
         guidance_scale = check_guidance_scale(guidance_scale)
@@ -308,6 +316,14 @@ class SanaDeployPipeline(LoraMixin):
             fail(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}.")
         if output_type not in OUTPUT_TYPES:
             fail(f"Unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}.")
+        init_images = None
+        if image is not None:  # img2img: checked and read before any stage runs
+            strength = check_strength(strength)
+            init_images = [load_image(i, "image") for i in (image if isinstance(image, list | tuple) else [image])]
+            if len(init_images) not in (1, len(prompts)):
+                fail(f"Got {len(init_images)} images for {len(prompts)} prompts; pass one image or one per prompt.")
+            if height is None and width is None:
+                height, width = image_size(init_images[0])
         plan = plan_size(height, width, self.preset, resolution_binning)
         solver = self._solver(
             sampler, num_inference_steps, generator, timesteps, sigmas, max_timesteps, intermediate_timesteps
@@ -341,6 +357,9 @@ class SanaDeployPipeline(LoraMixin):
         mask = mask.repeat_interleave(n, dim=0).to(self.device)
         assert emb.shape[0] == groups * batch
         seconds["text_encoder"] = self._clock() - start
+        image_latents = None
+        if init_images is not None:  # img2img's start image through the DC-AE encoder
+            image_latents = self._encode_images(init_images, plan, batch, "image", backends, seconds)
 
         # 2. denoising loop: the text side of the transformer once, then one transformer call per step
         start = self._clock()
@@ -351,7 +370,11 @@ class SanaDeployPipeline(LoraMixin):
             fail(f"latents must have shape {shape} for this request, got {tuple(x.shape)}.")
         if latents is not None and not bool(torch.isfinite(x).all()):
             fail("latents contain NaN or inf; pass finite latents (or none: they are drawn from the generator).")
-        x = x * solver.init_noise_sigma  # Sprint: N(0, 1)·sigma_data (caller latents too, as diffusers)
+        if image_latents is None:
+            x = x * solver.init_noise_sigma  # Sprint: N(0, 1)·sigma_data (caller latents too, as diffusers)
+        else:  # img2img: the schedule from `strength` on, from the image latents noised there (caller latents as given)
+            solver.index = start_step(solver.steps, strength)
+            x = x if latents is not None else solver.noised(image_latents, x)
         denoiser = self.provider.denoiser(plan.height, plan.width, groups * batch)
         backends["transformer"] = denoiser.label
         cond = denoiser.prepare(emb, mask)
@@ -362,7 +385,7 @@ class SanaDeployPipeline(LoraMixin):
             extra["guidance"] = torch.full((batch,), guidance_scale, dtype=torch.float32, device=self.device) * scale
         state = StepState(self, guidance_scale, solver.steps, cfg)
         step_seconds = []
-        for i in self._steps(solver.steps):
+        for i in self._steps(solver.steps - solver.index):
             if state.interrupt:  # a callback_on_step_end set pipe._interrupt: the remaining steps are skipped
                 break
             step_start = self._clock()
@@ -436,6 +459,20 @@ class SanaDeployPipeline(LoraMixin):
         if self.sync_timings and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
+
+    def _encode_images(
+        self, images: list, plan: SizePlan, batch: int, what: str, backends: dict, seconds: dict
+    ) -> torch.Tensor:
+        """Input images (one, or one per prompt) -> DC-AE latents x ``scaling_factor``, (batch, 32, h, w) fp32: each
+        distinct image encoded once (the ``vae_encoder`` stage), then repeated for every image made from it."""
+        start = self._clock()
+        pixels = prepare_images(images, plan.height, plan.width, what).to(self.device)
+        encoder = self.provider.runner("vae_encoder", plan.height, plan.width, pixels.shape[0])
+        backends["vae_encoder"] = encoder.label
+        latents = encoder(image=pixels)["latent"].float() * self.preset.vae_scaling_factor
+        require_finite(latents, "vae_encoder", encoder.label, plan, f"encoding the {what}")
+        seconds["vae_encoder"] = seconds.get("vae_encoder", 0.0) + self._clock() - start
+        return latents.repeat_interleave(batch // latents.shape[0], dim=0)
 
     def _encode(
         self,

@@ -43,9 +43,15 @@ def dynamic_shapes(manifest: dict, profile_axes: dict) -> dict[str, dict[int, ob
     for name, t in profile_axes.items():
         if t.min != t.max:
             dims[name] = Dim(name, min=int(t.min), max=int(t.max))
+    def dim(d: object):  # noqa: ANN202  # a named axis, or a multiple of one ("32*latent_h": the encoder's image)
+        factor, _, axis = str(d).rpartition("*")
+        if factor.isdigit() and axis in dims:
+            return int(factor) * dims[axis]
+        return dims.get(d) if isinstance(d, str) else None
+
     out = {}
     for spec in manifest["inputs"]:
-        out[spec["name"]] = {i: dims[d] for i, d in enumerate(spec["shape"]) if isinstance(d, str) and d in dims}
+        out[spec["name"]] = {i: dim(d) for i, d in enumerate(spec["shape"]) if dim(d) is not None}
     return out
 
 
@@ -94,7 +100,7 @@ def self_check(path: str, program, spec, components, job: BuildJob, device: str)
     Guards against Inductor miscompiling dynamic shapes: on torch 2.13 (CPU) the DC-AE decoder compiles to a
     package whose output height stays at the traced size for any other input height.
     """
-    used = {d for t in job.manifest["inputs"] for d in t["shape"] if isinstance(d, str)}
+    used = {d.rpartition("*")[2] for t in job.manifest["inputs"] for d in t["shape"] if isinstance(d, str)}
     sizes = {k: v for k, v in check_sizes(job.profile.axes, trace_sizes(job.profile.axes)).items() if k in used}
     inputs = {k: v.to(device) for k, v in spec.dummy_inputs(components, sizes, seed=1).items()}
     with torch.no_grad():
