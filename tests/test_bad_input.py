@@ -226,6 +226,12 @@ CASES: list[Case] = [
     Case("steps-not-a-number", (*G, "--steps", "many"), "is not a valid integer"),
     Case("cfg-scale-nan", (*G, "--cfg-scale", "nan"), "--cfg-scale must be a finite number"),
     Case("cfg-scale-inf", (*G, "--cfg-scale", "inf"), "--cfg-scale must be a finite number"),
+    # Sana-Sprint: guidance is a transformer input, not CFG (checked before the model loads)
+    Case("sprint-cfg-scale", (*G, "--model", "sana-sprint-tiny", "--cfg-scale", "3"), "Use --guidance-scale"),
+    Case("sprint-negative-prompt", (*G, "--model", "sana-sprint-tiny", "--negative-prompt", "x"), "no --negative"),
+    Case("sprint-flow-sampler", (*G, "--model", "sana-sprint-tiny", "--sampler", "flow-euler"), "runs the sCM solver"),
+    Case("base-guidance-scale", (*G, "--guidance-scale", "3"), "use --cfg-scale"),
+    Case("base-scm-sampler", (*G, "--sampler", "scm"), "not a Sprint model"),
     Case("height-zero", (*G, "--height", "0"), "height must be positive"),
     Case("height-too-large", (*G, "--height", "100000"), "largest supported side"),
     Case("size-not-multiple-of-32", (*G, "--height", "960", "--width", "720", "--no-resolution-binning"), "960x704"),

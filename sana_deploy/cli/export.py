@@ -24,7 +24,9 @@ def models() -> None:
         cross = f"{t.num_cross_attention_heads}x{t.cross_attention_head_dim}"
         click.echo(
             f"{p.name:<22}{t.num_layers:>6}{t.hidden_size:>8}{t.num_attention_heads:>7}{cross:>9}{t.ffn_hidden:>7}"
-            f"{p.resolution:>6}{pe:>8}{p.flow_shift:>6g}  {p.dtype}" + ("  qk-norm" if t.qk_norm else "")
+            f"{p.resolution:>6}{pe:>8}{p.flow_shift:>6g}  {p.dtype}"
+            + ("  qk-norm" if t.qk_norm else "")
+            + ("  sprint (guidance embedding, scm solver, no CFG)" if p.sprint else "")
         )
 
 

@@ -35,17 +35,30 @@ from sana_deploy.runtime.solvers import SAMPLERS
 @click.option("--height", type=int, default=None, help="Image height in pixels [model's resolution].")
 @click.option("--width", type=int, default=None, help="Image width in pixels [model's resolution].")
 @click.option(
-    "--steps", type=int, default=None, help=f"Denoising steps, 1 to {MAX_STEPS} [20 flow-dpm-solver, 28 flow-euler]."
+    "--steps",
+    type=int,
+    default=None,
+    help=f"Denoising steps, 1 to {MAX_STEPS} [20 flow-dpm-solver, 28 flow-euler, 2 scm (Sana-Sprint)].",
 )
 @click.option(
     "--cfg-scale",
     type=float,
-    default=4.5,
-    show_default=True,
-    help="Classifier-free guidance scale (finite; 1 or less: no guidance).",
+    default=None,
+    help="Classifier-free guidance scale of base Sana [4.5] (finite; 1 or less: no guidance).",
+)
+@click.option(
+    "--guidance-scale",
+    type=float,
+    default=None,
+    help="Sana-Sprint's embedded guidance [4.5]: a transformer input, one call per step (Sprint has no CFG).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--sampler", type=click.Choice(SAMPLERS), default="flow-dpm-solver", show_default=True)
+@click.option(
+    "--sampler",
+    type=click.Choice(SAMPLERS),
+    default=None,
+    help="Solver [the model's: scm for Sana-Sprint, else flow-dpm-solver].",
+)
 @click.option(
     "--backend",
     type=click.Choice(RUNTIME_BACKENDS),
@@ -103,9 +116,10 @@ def generate(
     height: int | None,
     width: int | None,
     steps: int | None,
-    cfg_scale: float,
+    cfg_scale: float | None,
+    guidance_scale: float | None,
     seed: int,
-    sampler: str,
+    sampler: str | None,
     backend: str,
     precision: str,
     engine_dir: Path,
@@ -135,6 +149,7 @@ def generate(
         width=width,
         steps=steps,
         cfg_scale=cfg_scale,
+        guidance_scale=guidance_scale,
         seed=seed,
         sampler=sampler,
         backend=backend,

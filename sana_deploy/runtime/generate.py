@@ -15,8 +15,9 @@ import torch
 from sana_deploy.contract import model_dirname
 from sana_deploy.engines import EngineCache
 from sana_deploy.errors import fail
-from sana_deploy.models.config import PRESETS
+from sana_deploy.models.config import PRESETS, SanaPreset
 from sana_deploy.models.lora import LoraError, check_scale
+from sana_deploy.runtime.call_options import resolve_sampler
 from sana_deploy.runtime.images import save_png
 from sana_deploy.runtime.img2img import check_strength, load_image
 from sana_deploy.runtime.pipeline import SanaDeployPipeline
@@ -40,9 +41,9 @@ class GenerateRequest:
     height: int | None = None
     width: int | None = None
     steps: int | None = None
-    cfg_scale: float = 4.5
+    cfg_scale: float | None = None  # classifier-free guidance [4.5]; base Sana only
     seed: int = 0
-    sampler: str = "flow-dpm-solver"
+    sampler: str | None = None  # the model's own: scm for Sana-Sprint, else flow-dpm-solver
     backend: str = "auto"
     precision: str = "fp32"
     engine_dir: Path = Path("engines")
@@ -55,6 +56,7 @@ class GenerateRequest:
     progress: bool = True
     kv_cache: bool = True  # the caption K/V split (False: the one-graph transformer)
     loras: tuple[tuple[Path, float], ...] = ()  # LoRA adapters (file, weight), all active together
+    guidance_scale: float | None = None  # Sana-Sprint's embedded guidance [4.5] (a transformer input, not CFG)
     image: Path | None = None  # img2img: the start image (the size defaults to its own)
     strength: float | None = None  # img2img: share of the schedule that runs from the noised image [0.6]
 
@@ -167,17 +169,46 @@ def read_prompts(path: str | Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def check_request(req: GenerateRequest) -> int:
-    """Check the values no later stage checks before the work starts; returns the step count."""
+def guidance_for(req: GenerateRequest, preset: SanaPreset) -> float:
+    """The pipeline's ``guidance_scale`` for this request: ``--cfg-scale`` (classifier-free guidance) for base
+    Sana, ``--guidance-scale`` (the embedded guidance input) for Sana-Sprint; the other option is an error."""
+    if preset.sprint:
+        if req.cfg_scale is not None:
+            fail(
+                f"--cfg-scale is classifier-free guidance, which {preset.name} (Sana-Sprint) does not run: its "
+                f"guidance is a transformer input, one call per step. Use --guidance-scale (default 4.5)."
+            )
+        if req.negative_prompt:
+            fail(f"{preset.name} is a Sana-Sprint model: it has no classifier-free guidance, so no --negative-prompt.")
+        return 4.5 if req.guidance_scale is None else req.guidance_scale
+    if req.guidance_scale is not None:
+        fail(
+            f"--guidance-scale is Sana-Sprint's embedded guidance; {preset.name} runs classifier-free guidance: use "
+            f"--cfg-scale (default 4.5; 1 turns it off)."
+        )
+    return 4.5 if req.cfg_scale is None else req.cfg_scale
+
+
+def check_request(req: GenerateRequest) -> int | None:
+    """Check the values no later stage checks before the work starts; returns the step count (None: the solver's
+    default, for a model that is not a preset)."""
     if not req.prompts:
         fail("Give a PROMPT argument or --prompts FILE with one prompt per line.")
     if not isinstance(req.batch, int) or req.batch < 1:
         fail(f"--batch must be a positive integer, got {req.batch!r}.")
-    steps = req.steps if req.steps is not None else DEFAULT_STEPS.get(req.sampler, 20)
-    if not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+    preset = PRESETS.get(str(req.model).lower())
+    sampler = req.sampler
+    if sampler is None and preset is not None:
+        sampler = preset.default_sampler
+    steps = req.steps if req.steps is not None else DEFAULT_STEPS.get(sampler) if sampler else None
+    if steps is not None and (not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS):
         fail(f"--steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}.")
-    if not isinstance(req.cfg_scale, int | float) or not math.isfinite(req.cfg_scale):
-        fail(f"--cfg-scale must be a finite number (e.g. 4.5; 1 turns guidance off), got {req.cfg_scale!r}.")
+    for option, value in (("--cfg-scale", req.cfg_scale), ("--guidance-scale", req.guidance_scale)):
+        if value is not None and (not isinstance(value, int | float) or not math.isfinite(value)):
+            fail(f"{option} must be a finite number (e.g. 4.5), got {value!r}.")
+    if preset is not None:  # Sprint vs CFG options, and the solver, before the model loads
+        guidance_for(req, preset)
+        resolve_sampler(preset, req.sampler)
     for name, value in (("height", req.height), ("width", req.width)):
         if value is not None:
             check_size(f"--{name}", value)
@@ -209,6 +240,7 @@ def generate_images(req: GenerateRequest) -> Iterator[str]:
     image = load_image(req.image, "--image") if req.image is not None else None
     img2img = {} if image is None else {"image": image, "strength": 0.6 if req.strength is None else req.strength}
     pipe = build_pipeline(req)
+    guidance = guidance_for(req, pipe.preset)
     pipe.set_progress_bar(req.progress)
     k = 0
     for i, prompt in enumerate(req.prompts):
@@ -218,7 +250,7 @@ def generate_images(req: GenerateRequest) -> Iterator[str]:
             height=req.height,
             width=req.width,
             num_inference_steps=steps,
-            guidance_scale=req.cfg_scale,
+            guidance_scale=guidance,
             generator=torch.Generator().manual_seed(req.seed + i),
             num_images_per_prompt=req.batch,
             sampler=req.sampler,
