@@ -41,7 +41,7 @@ class CalibrationSet:
 
     definition: dict
     texts: list[dict[str, torch.Tensor]] = field(default_factory=list)  # per prompt: caption embeddings, mask, K/V
-    steps: list[dict] = field(default_factory=list)  # per step: prompt index, latent, timestep
+    steps: list[dict] = field(default_factory=list)  # per step: prompt index, latent, timestep, fp32 noise_pred
 
     @property
     def sha256(self) -> str:
@@ -106,6 +106,7 @@ def record_calibration(
             calib.texts.append(text)
         step = {"prompt": len(calib.texts) - 1, "latent": inputs["latent"].detach().cpu().clone()}
         step["timestep"] = inputs["timestep"].detach().cpu().clone()
+        step["noise_pred"] = outputs["noise_pred"].detach().cpu().clone()  # the fp32 reference of this step
         calib.steps.append(step)
 
     for name, sink in (("transformer_text", on_text), ("transformer_cached", on_step)):

@@ -10,6 +10,7 @@ from sana_deploy.bench.contenders.base import CaseContext, Contender, PipelineCo
 from sana_deploy.bench.contenders.diffusers_pipe import DiffusersCompiled, DiffusersEager
 from sana_deploy.bench.contenders.engines import AotiContender, EngineContender, RtxContender
 from sana_deploy.bench.contenders.ort import OrtContender
+from sana_deploy.bench.contenders.quantized import OpenVinoContender, OrtInt8Contender
 from sana_deploy.bench.contenders.torch_model import TorchContender
 from sana_deploy.errors import fail
 
@@ -20,6 +21,8 @@ CONTENDERS: dict[str, type[Contender]] = {
         DiffusersCompiled,
         TorchContender,
         OrtContender,
+        OrtInt8Contender,
+        OpenVinoContender,
         AotiContender,
         EngineContender,
         RtxContender,

@@ -28,13 +28,22 @@ class EngineContender(PipelineContender):
     option_names = ("split",)
     needs_cuda = True
 
+    @property
+    def backend(self) -> str:
+        """The engine backend built and run (the contender's name unless a subclass says otherwise)."""
+        return self.name
+
+    def engine_precision(self, case: BenchCase) -> str:
+        """The precision the engines are built and looked up at (the case's unless an option says otherwise)."""
+        return case.precision
+
     def unavailable(self, case: BenchCase) -> str | None:
         if self.needs_cuda and (not case.device.startswith("cuda") or not torch.cuda.is_available()):
             return "needs a CUDA GPU (run with --device cuda on a machine with one)"
         from sana_deploy.engines import get_backend
 
         try:
-            get_backend(self.name)  # installed? (its message says what to install)
+            get_backend(self.backend)  # installed? (its message says what to install)
         except SanaDeployError as exc:
             return str(exc)
         return None
@@ -48,8 +57,8 @@ class EngineContender(PipelineContender):
         common = dict(
             model=model,
             profiles=[case.profile],
-            backend=self.name,
-            precision=case.precision,
+            backend=self.backend,
+            precision=self.engine_precision(case),
             max_batch=1,
             engine_dir=engine_dir,
             export_root=ctx.export_root,
@@ -75,8 +84,8 @@ class EngineContender(PipelineContender):
         pipe = SanaDeployPipeline.from_engines(
             engine_dir,
             model,
-            backend=self.name,
-            precision=case.precision,
+            backend=self.backend,
+            precision=self.engine_precision(case),
             on_miss="build",
             random_weights=random_weights,
             device=case.device,
