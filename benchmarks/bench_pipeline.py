@@ -34,6 +34,9 @@ CASES: dict[str, tuple[str, int, str, str, dict]] = {
     "1.6b-1024": ("sana-1.6b-1024", 1024, "torch,aoti,torch-compile", "bf16", {}),
     "1.6b-2k": ("sana-1.6b-2k", 2048, "torch,aoti", "bf16", {}),
     "1.6b-4k": ("sana-1.6b-4k", 4096, "torch,aoti", "bf16", {}),
+    # Sana-Sprint 0.6B at 1024², 2 steps (the sCM solver; guidance embedded, no CFG), end to end; the baseline is
+    # diffusers' SanaSprintPipeline eager
+    "sprint-0.6b-1024": ("sana-sprint-0.6b-1024", 1024, "torch,aoti", "bf16", {}),
     "cpu-0.6b-512": (
         "sana-0.6b-512",
         512,
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--case", required=True, choices=sorted(CASES))
     p.add_argument("--backends", default=None, help="override the case's backends")
     p.add_argument("--stages", default="all")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=None, help="[the model's: 20, or 2 for Sana-Sprint]")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--text-encoder-layers", type=int, default=None)

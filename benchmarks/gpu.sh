@@ -13,6 +13,8 @@
 #   bash benchmarks/gpu.sh setup                  # offline install of the carried wheels (see below)
 #   bash benchmarks/gpu.sh kernels                # GPU kernel tests + kernel benchmark (no wheels needed)
 #   bash benchmarks/gpu.sh pipeline 0.6b-1024     # one case per command (each fits the device's 10-minute limit)
+#   bash benchmarks/gpu.sh pipeline sprint-0.6b-1024  # Sana-Sprint 0.6B, 1024², 2 steps, end to end (vs diffusers'
+#                                                 # SanaSprintPipeline eager); run(carry=["benchmarks/wheels"])
 #   bash benchmarks/gpu.sh pipeline all           # every case in sequence (only where there is no per-command limit)
 # Results go to $OUT (the device's return folder) when set, else benchmarks/results/.
 set -euo pipefail
@@ -49,7 +51,9 @@ kernels() {
 # ---------------------------------------------------------------------------------------------------------------
 # pipeline: diffusers eager (always added as the baseline) vs torch + our kernels vs aoti
 # (+ torch.compile at 1024²), bf16, 20 steps, seeded random weights at the real dimensions.
-# Cases (benchmarks/bench_pipeline.py CASES): 0.6b-1024, 1.6b-1024, 1.6b-2k, 1.6b-4k.
+# Cases (benchmarks/bench_pipeline.py CASES): 0.6b-1024, 1.6b-1024, 1.6b-2k, 1.6b-4k, and sprint-0.6b-1024
+# (Sana-Sprint 0.6B, 2 steps: the sCM solver, guidance as a transformer input; baseline diffusers'
+# SanaSprintPipeline eager; the goal is <= 0.1 s end to end on one H100/H200; ~2-3 min with the aoti compile).
 # Budget per case on one H100 (estimate): 1024² ~3-5 min (torch.compile and aoti compile time included),
 # 4096² ~8-10 min; pass e.g. `--stages step,e2e --runs 5` after the case name to fit a 10-minute limit.
 pipeline() {
@@ -57,7 +61,7 @@ pipeline() {
     shift
     mkdir -p "$RESULTS"
     if [[ "$case" == all ]]; then
-        for c in 0.6b-1024 1.6b-1024 1.6b-2k 1.6b-4k; do
+        for c in 0.6b-1024 1.6b-1024 1.6b-2k 1.6b-4k sprint-0.6b-1024; do
             python benchmarks/bench_pipeline.py --case "$c" --out-dir "$RESULTS" "$@"
         done
     else

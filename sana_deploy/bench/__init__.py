@@ -23,7 +23,7 @@ def bench(
     model: str = "sana-tiny",
     profiles: str | int | list = "1024",
     backends: str = "torch,onnxruntime,aoti",
-    steps: int = 20,
+    steps: int | None = None,
     stages: str | None = None,
     warmup: int = 3,
     runs: int = 10,

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from sana_deploy.contract import check_base, parse_profiles
 from sana_deploy.errors import fail
-from sana_deploy.models.config import TEXT_MAX_LENGTH, VAE_SCALE
+from sana_deploy.models.config import PRESETS, TEXT_MAX_LENGTH, VAE_SCALE
 from sana_deploy.runtime.generate import MAX_STEPS
 
 STAGES = ("text_encode", "step", "loop", "vae_decode", "e2e")
@@ -33,8 +35,8 @@ class BenchCase:
 
     model: str
     profile: int
-    steps: int = 20
-    guidance_scale: float = 4.5
+    steps: int | None = None  # None: the model's default (20 for Flow-DPM-Solver++, 2 for Sana-Sprint's sCM)
+    guidance_scale: float = 4.5  # CFG for base Sana; Sana-Sprint's embedded guidance (no CFG batch)
     precision: str = "fp32"
     device: str = "cpu"
     seed: int = 0
@@ -43,6 +45,8 @@ class BenchCase:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "profile", check_base(self.profile))
+        if self.steps is None:
+            object.__setattr__(self, "steps", 2 if self.sprint else 20)
         if not isinstance(self.steps, int) or self.steps < 1:
             fail(f"--steps must be at least 1 (got {self.steps}).")
         if self.steps > MAX_STEPS:
@@ -69,8 +73,21 @@ class BenchCase:
         return TEXT_MAX_LENGTH
 
     @property
+    def sprint(self) -> bool:
+        """A Sana-Sprint model (a Sprint preset, or a diffusers folder whose transformer embeds guidance): its
+        guidance is a transformer input, so there is no CFG batch and no negative prompt."""
+        preset = PRESETS.get(str(self.model).lower())
+        if preset is not None and not Path(self.model).exists():
+            return preset.sprint
+        try:
+            config = json.loads((Path(self.model) / "transformer" / "config.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(config, dict) and bool(config.get("guidance_embeds"))
+
+    @property
     def cfg(self) -> bool:
-        return self.guidance_scale > 1.0
+        return self.guidance_scale > 1.0 and not self.sprint
 
     @property
     def transformer_batch(self) -> int:
@@ -92,7 +109,7 @@ class BenchCase:
     def request(self) -> dict:
         """The arguments of the case's request that every pipeline (ours and diffusers') takes alike; resolution
         binning is off (ours: ``resolution_binning``, diffusers: ``use_resolution_binning``)."""
-        return {
+        out = {
             "prompt": PROMPT,
             "negative_prompt": NEGATIVE_PROMPT,
             "height": self.height,
@@ -101,6 +118,9 @@ class BenchCase:
             "guidance_scale": self.guidance_scale,
             "generator": torch.Generator().manual_seed(self.seed),
         }
+        if self.sprint:  # no CFG, so no negative prompt (diffusers' SanaSprintPipeline takes none)
+            del out["negative_prompt"]
+        return out
 
     def record(self) -> dict:
         """The case as it goes into the result JSON."""
@@ -111,6 +131,7 @@ class BenchCase:
             "width": self.width,
             "steps": self.steps,
             "guidance_scale": self.guidance_scale,
+            "sprint": self.sprint,
             "precision": self.precision,
             "device": self.device,
             "seed": self.seed,

@@ -29,7 +29,10 @@ from sana_deploy.runtime.generate import MAX_STEPS, check_writable
     "diffusers-eager (the baseline) is always added.",
 )
 @click.option(
-    "--steps", default=20, show_default=True, type=int, help=f"Denoising steps of every request (1 to {MAX_STEPS})."
+    "--steps",
+    default=None,
+    type=int,
+    help=f"Denoising steps of every request (1 to {MAX_STEPS}) [the model's: 20, or 2 for Sana-Sprint].",
 )
 @click.option(
     "--stages",
@@ -60,7 +63,7 @@ def bench(
     model: str,
     profiles: str,
     backends: str,
-    steps: int,
+    steps: int | None,
     stages: str,
     warmup: int,
     runs: int,

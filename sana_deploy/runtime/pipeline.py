@@ -508,7 +508,10 @@ class SanaDeployPipeline(LoraMixin):
         has no CFG)."""
         cfg = not self.preset.sprint if do_classifier_free_guidance is None else do_classifier_free_guidance
         if cfg and self.preset.sprint:
-            check_sprint_guidance(self.preset, 4.5, negative_prompt or "CFG", None)
+            fail(
+                f"{self.preset.name} is a Sana-Sprint model: it has no classifier-free guidance, so no negative prompt "
+                f"embeddings; call encode_prompt with do_classifier_free_guidance=False (the default for Sprint)."
+            )
         prompts = _prompt_list(prompt, "prompt")
         negatives = _prompt_list(negative_prompt, "negative_prompt")
         negatives = negatives * len(prompts) if len(negatives) == 1 else negatives

@@ -289,3 +289,21 @@ def test_cli_models_and_generate(tmp_path):
     assert out.is_file() and "256x256" in result.output
     refused = runner.invoke(main, ["generate", "a fox", "--model", "sana-sprint-tiny", "--cfg-scale", "3"])
     assert refused.exit_code == 2 and "--guidance-scale" in refused.output
+
+
+def test_bench_runs_sprint_against_diffusers_sprint_pipeline(tmp_path):
+    """`bench --model <sprint preset>`: the model's 2 steps, no CFG batch, and diffusers' SanaSprintPipeline eager
+    as the baseline, timed in the same run."""
+    from sana_deploy.bench import bench
+
+    result = bench(
+        model="sana-sprint-tiny", profiles="512", backends="torch", stages="step,loop,e2e", warmup=0, runs=1,
+        device="cpu", work_dir=tmp_path,
+    )  # fmt: skip
+    case = result["cases"][0]
+    assert case["steps"] == 2 and case["sprint"] and case["cfg_batch"] == 1 and "negative_prompt" in case
+    by_backend = {r["backend"]: r for r in result["results"]}
+    assert set(by_backend) == {"diffusers-eager", "torch"}
+    assert all(r["status"] == "ok" for r in by_backend.values()), [r["reason"] for r in result["results"]]
+    assert any("SanaSprintPipeline" in n for n in by_backend["diffusers-eager"]["notes"])
+    assert by_backend["torch"]["stages"]["e2e"]["median_ms"] > 0

@@ -1,7 +1,8 @@
 """The two baselines users would otherwise pick: diffusers' ``SanaPipeline`` eager (``diffusers-eager``) and the
 same pipeline with ``torch.compile`` on the transformer and the VAE decoder (``torch-compile``).
 
-The pipeline is built from the case's modules: diffusers' own ``SanaTransformer2DModel`` holding our transformer's
+The pipeline is built from the case's modules (``SanaSprintPipeline`` with ``SCMScheduler`` for a Sana-Sprint model):
+diffusers' own ``SanaTransformer2DModel`` holding our transformer's
 weights (same parameter names), the same DC-AE, Gemma-2 and tokenizer, and Sana's flow DPM-Solver scheduler -- so
 it does the same work as the product pipeline. One timed run is one ``pipe(...)`` call with the same request
 (prompt, empty negative prompt, seed, steps, CFG, size without binning, the default complex human instruction);
@@ -58,17 +59,18 @@ def diffusers_transformer(comps: SanaComponents, device: torch.device, dtype: to
 
 
 def build_pipeline(comps: SanaComponents, case: BenchCase):  # noqa: ANN201 (diffusers SanaPipeline)
-    from diffusers import SanaPipeline
+    """diffusers' ``SanaPipeline`` over the case's modules, or ``SanaSprintPipeline`` with ``SCMScheduler`` for a
+    Sana-Sprint model."""
+    from diffusers import SanaPipeline, SanaSprintPipeline, SCMScheduler
 
     device = torch.device(case.device)
     transformer = diffusers_transformer(comps, device, next(comps.transformer.parameters()).dtype)
-    pipe = SanaPipeline(
-        tokenizer=comps.tokenizer,
-        text_encoder=comps.text_encoder,
-        vae=comps.vae,
-        transformer=transformer,
-        scheduler=flow_scheduler(comps.preset.flow_shift),
-    )
+    modules = {"tokenizer": comps.tokenizer, "text_encoder": comps.text_encoder, "vae": comps.vae}
+    if comps.preset.sprint:
+        scheduler = SCMScheduler(prediction_type="trigflow", sigma_data=comps.preset.sigma_data)
+        pipe = SanaSprintPipeline(**modules, transformer=transformer, scheduler=scheduler)
+    else:
+        pipe = SanaPipeline(**modules, transformer=transformer, scheduler=flow_scheduler(comps.preset.flow_shift))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -123,7 +125,10 @@ class DiffusersEager(Contender):
     def prepare(self, ctx: CaseContext) -> Prepared:
         case = ctx.case
         pipe = build_pipeline(ctx.comps, case)
-        notes = ["diffusers SanaPipeline (eager), stages timed inside its __call__"]
+        sprint = ctx.comps.preset.sprint
+        notes = [f"diffusers {type(pipe).__name__} (eager), stages timed inside its __call__"]
+        # diffusers' Sprint default intermediate time (1.3) is for 2 steps only: other counts need None
+        extra = {"intermediate_timesteps": None} if sprint and case.steps != 2 else {}
         if self.compile:
             mode = self.options.get("mode", "default")
             pipe.transformer = torch.compile(pipe.transformer, mode=mode, dynamic=False)
@@ -145,6 +150,7 @@ class DiffusersEager(Contender):
             start = clock.now()
             pipe(
                 **case.request(),
+                **extra,
                 use_resolution_binning=False,
                 output_type=case.output_type,
                 callback_on_step_end=clock.on_step_end,
