@@ -5,6 +5,8 @@ fp8 graph in ONNX Runtime within the fp8 bound and built by tensorrt-rtx, cache 
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -27,6 +29,9 @@ from sana_deploy.export.quantized import (
     qdq_types,
 )
 from sana_deploy.runners.onnxruntime import ort_session
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engines"))
+from engine_helpers import torch_reference  # noqa: E402
 
 SPLIT = ("transformer_text", "transformer_cached")
 
@@ -136,7 +141,7 @@ def test_fp8_graph_runs_in_onnxruntime_within_the_fp8_bound(fp8_recipe, held_out
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_int8_engines_build_run_and_match_fp32(backend, int8_recipe, held_out, export_root, tmp_path):
+def test_int8_engines_build_run_and_match_fp32(backend, int8_recipe, held_out, export_root, tmp_path, tiny):
     if backend == "openvino":
         pytest.importorskip("openvino")
     entries = build_engines(
@@ -159,11 +164,16 @@ def test_int8_engines_build_run_and_match_fp32(backend, int8_recipe, held_out, e
         errors.append(rel_l2(cached(text_kv=kv, **inputs)["noise_pred"], r))
     assert max(errors) <= QUALITY_BOUNDS["int8"], errors
     if backend == "openvino":  # OpenVINO runs the Q/DQ layers in int8 (FakeQuantize -> i8 FullyConnected)
+        assert by["text_encoder"].meta["info"]["weights"].startswith("int8 weight-only")  # Gemma-2's weights too
+        inputs, ref_te = torch_reference(tiny, "text_encoder", {"batch": 2, "seq": 300})
+        te = load_runner(by["text_encoder"])(**inputs)["last_hidden_state"]
+        assert 1e-5 < rel_l2(te, ref_te["last_hidden_state"]) <= QUALITY_BOUNDS["int8"]
         info = cached.compiled.get_runtime_model()
         precisions = {op.get_rt_info()["runtimePrecision"].astype(str) for op in info.get_ordered_ops()
                       if op.get_rt_info()["layerType"].astype(str) == "FullyConnected"}  # fmt: skip
         assert precisions & {"i8", "u8"}, precisions
-    else:  # ONNX Runtime fuses Q/DQ MatMuls into integer kernels
+    else:  # ONNX Runtime fuses Q/DQ MatMuls into integer kernels; its text encoder stays fp32
+        assert by["text_encoder"].meta["info"].get("weights") is None
         graph = onnx.load(str(by["transformer_cached"].artifact), load_external_data=False)
         assert sum(n.op_type == "MatMulIntegerToFloat" for n in graph.graph.node) >= 12
 

@@ -5,7 +5,8 @@ OpenVINO's ONNX reader has no rule for the ``sana`` local functions, so the buil
 (``sana_deploy.export.inline``). Every input dimension is bounded by the profile's min/max (static profiles fix
 them, except the batch). The IR keeps the fp32 weights; bf16 is a compile-time hint, so ``--precision bf16``
 builds from the fp32 export (:meth:`export_precision`). The build compiles the IR once with the entry's hint, so a
-graph OpenVINO cannot compile, or bf16 on a CPU without bf16, fails at build time with the reason.
+graph OpenVINO cannot compile, or bf16 on a CPU without bf16, fails at build time with the reason. In an int8 build
+the transformer graphs are the Q/DQ exports, and the text encoder's weights are compressed to int8 (weight-only).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from sana_deploy.export.inline import write_inlined
 from sana_deploy.runners.openvino import HINTS, check_precision, compile_model
 
 ARTIFACT = "model.xml"  # the IR; its weights are model.bin beside it
+# An int8 build's text encoder: Gemma-2 at batch 1-2 is bound by reading its weights, so its MatMul weights are
+# stored in int8 (per-channel, asymmetric; activations stay float, no calibration). Reported as its own stage.
+WEIGHT_ONLY_INT8 = ("text_encoder",)
 
 
 class OpenVinoBackend(Backend):
@@ -50,6 +54,9 @@ class OpenVinoBackend(Backend):
                 last = (str(exc).strip().splitlines() or [""])[-1][:300]
                 fail(f"OpenVINO cannot read the {job.component} graph: {last}", EngineBuildError)
             model.reshape({name: _bounded(ov, s) for name, s in job.input_shapes.items()})
+            weights = "fp32"
+            if job.precision == "int8" and job.component in WEIGHT_ONLY_INT8:
+                model, weights = _compress_weights(model, job), "int8 weight-only (nncf.compress_weights)"
             ov.save_model(model, str(job.out_dir / ARTIFACT), compress_to_fp16=False)
             del model
         job.progress(f"compiling for the CPU ({hint})")
@@ -61,7 +68,8 @@ class OpenVinoBackend(Backend):
             last = (str(exc).strip().splitlines() or [""])[-1][:300]
             fail(f"OpenVINO cannot compile the {job.component} engine ({job.precision}): {last}", EngineBuildError)
         del compiled
-        return BuildOutput(ARTIFACT, {"hint": HINTS.get(job.precision, hint), "weights": "model.bin"})
+        return BuildOutput(ARTIFACT, {"hint": HINTS.get(job.precision, hint), "weights_file": "model.bin",
+                                      "weights": weights})  # fmt: skip
 
     def inspect(self, artifact: Path, meta: dict) -> dict:
         import openvino as ov
@@ -76,6 +84,19 @@ class OpenVinoBackend(Backend):
             "ops": len(model.get_ordered_ops()),
             "fake_quantize": kinds.get("FakeQuantize", 0) + kinds.get("FakeConvert", 0),
         }
+
+
+def _compress_weights(model, job: BuildJob):  # noqa: ANN001, ANN202 (openvino.Model)
+    try:
+        import nncf
+    except ImportError:
+        fail(
+            "An int8 openvino build stores the text encoder's weights in int8 with NNCF, which is not installed: "
+            "pip install 'sana-deploy[quantize]'.",
+            EngineBuildError,
+        )
+    job.progress("int8 weight-only compression (NNCF)")
+    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
 
 
 def _bounded(ov, shape) -> object:  # noqa: ANN001 (openvino module, ShapeTuple)
