@@ -47,8 +47,9 @@ def _case_groups(result: dict) -> list[tuple[dict, list[dict]]]:
 
 def _case_title(case: dict) -> str:
     te = "" if case.get("text_encoder_layers") is None else f", text encoder {case['text_encoder_layers']} layers"
+    guidance = "embedded guidance" if case.get("sprint") else "CFG"  # Sana-Sprint: a transformer input, no CFG
     return (
-        f"{case['model']} {case['height']}x{case['width']}, {case['steps']} steps, CFG {case['guidance_scale']} "
+        f"{case['model']} {case['height']}x{case['width']}, {case['steps']} steps, {guidance} {case['guidance_scale']} "
         f"(transformer batch {case['cfg_batch']}), {case['precision']}, {case['device']}{te}"
     )
 
