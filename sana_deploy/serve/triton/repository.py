@@ -145,11 +145,11 @@ class _EngineWriter:
                 {"key": "execution_context_allocation_strategy", "value": {"string_value": "ON_PROFILE_CHANGE"}}
             ]
         elif self.backend == "onnxruntime":
-            shutil.copyfile(self.onnx[component], version / "model.onnx")
+            _copy_onnx(self.onnx[component], version)
             config |= {"platform": "onnxruntime_onnx", "default_model_filename": "model.onnx"}
             config["instance_group"] = [{"kind": Enum(self.kind), "count": 1}]
         else:
-            shutil.copyfile(self.onnx[component], version / "model.onnx")
+            _copy_onnx(self.onnx[component], version)
             (version / "model.py").write_text(_ORT_MODEL_PY)
             config |= {"backend": "python"}
             config["instance_group"] = [{"kind": Enum("KIND_CPU"), "count": 1}]
@@ -208,6 +208,16 @@ def _engine_warmup(spec, profile, batched: bool = True) -> dict:
     return {"name": f"warmup_{profile.name}", "batch_size": sizes["batch"] if batched else 1, "inputs": inputs}
 
 
+def _copy_onnx(path: Path, folder: Path) -> None:
+    """An export's graph and its external weights (``model.onnx.data``: the transformer graphs always have one)
+    into ``folder`` as ``model.onnx`` / ``model.onnx.data``; real copies, as the graph names its data file."""
+    path = Path(path)
+    shutil.copyfile(path, folder / "model.onnx")
+    data = path.with_name(path.name + ".data")
+    if data.is_file():
+        shutil.copyfile(data, folder / "model.onnx.data")
+
+
 def _write_pipeline(repo: Path, components, profiles: list, mode: str, routes: dict, onnx: dict, steps: int):
     preset = components.preset
     version = repo / "sana_pipeline" / "1"
@@ -217,7 +227,7 @@ def _write_pipeline(repo: Path, components, profiles: list, mode: str, routes: d
     if mode == "onnxruntime":
         for c, path in onnx.items():
             (version / "onnx" / c).mkdir(parents=True)
-            shutil.copyfile(path, version / "onnx" / c / "model.onnx")
+            _copy_onnx(path, version / "onnx" / c)
     side = preset.resolution if any(p.base == preset.resolution for p in profiles) else profiles[0].base
     meta = {
         "model": components.model_id,
