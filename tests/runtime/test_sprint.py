@@ -307,3 +307,17 @@ def test_bench_runs_sprint_against_diffusers_sprint_pipeline(tmp_path):
     assert all(r["status"] == "ok" for r in by_backend.values()), [r["reason"] for r in result["results"]]
     assert any("SanaSprintPipeline" in n for n in by_backend["diffusers-eager"]["notes"])
     assert by_backend["torch"]["stages"]["e2e"]["median_ms"] > 0
+
+
+@pytest.mark.slow
+def test_sprint_onnxruntime_engines_match_torch(tmp_path):
+    """Engines per profile for Sprint (onnxruntime, built on the miss) = the torch pipeline."""
+    engines = SanaDeployPipeline.from_engines(
+        tmp_path / "engines", "sana-sprint-tiny", backend="onnxruntime", on_miss="build",
+        build_kwargs={"export_root": str(tmp_path / "export")},
+    )  # fmt: skip
+    eager = SanaDeployPipeline.from_model("sana-sprint-tiny")
+    request = {"height": 512, "width": 512, "generator": 0, "output_type": "latent", "resolution_binning": False}
+    ours = engines("a fox", **request)
+    assert ours.backends["transformer"].startswith("onnxruntime")
+    assert _err(ours.images, eager("a fox", **request).images) <= LATENT_TOL
