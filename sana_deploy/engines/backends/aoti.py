@@ -43,6 +43,7 @@ def dynamic_shapes(manifest: dict, profile_axes: dict) -> dict[str, dict[int, ob
     for name, t in profile_axes.items():
         if t.min != t.max:
             dims[name] = Dim(name, min=int(t.min), max=int(t.max))
+
     def dim(d: object):  # noqa: ANN202  # a named axis, or a multiple of one ("32*latent_h": the encoder's image)
         factor, _, axis = str(d).rpartition("*")
         if factor.isdigit() and axis in dims:
