@@ -7,7 +7,8 @@
   OpenVINO (not TensorRT, which takes symmetric activations only).
 * ``modelopt`` (fp8, and int8 for TensorRT): NVIDIA Model Optimizer's ONNX PTQ (``modelopt.onnx.quantization``),
   max calibration, symmetric Q/DQ on exactly the recipe's nodes, the rest of the graph left in fp32. It runs on a
-  CPU-only machine: calibration goes through ONNX Runtime's CPU provider (``calibration_eps=["cpu"]``).
+  CPU-only machine: calibration goes through ONNX Runtime's CPU provider (``calibration_eps=["cpu"]``). It runs in a
+  child process: importing it patches ONNX Runtime's quantization module for the rest of the process.
 * ``onnxruntime``: ONNX Runtime's ``quantize_static`` (QDQ format; int8: per-channel int8 weights, uint8
   activations, min/max; fp8: E4M3 weights and activations, distribution calibration). The fallback where the others
   are not installed.
@@ -19,7 +20,11 @@ Each writes ``dst`` (external data beside it); :func:`run_tool` then re-saves it
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -168,17 +173,35 @@ def activations_to_uint8(model: onnx.ModelProto) -> int:
 
 
 def _modelopt(mode: str, src: Path, dst: Path, plan: LayerPlan, feeds: Feeds) -> None:
+    """In a child process: Model Optimizer patches ONNX Runtime's quantization module when it is imported (its
+    ``ort_patching``), after which ONNX Runtime's own ``quantize_static`` fails in the same process. The feeds go
+    to the child as ``.npz`` files beside the graph."""
+    folder = src.parent / "modelopt-feeds"
+    folder.mkdir(exist_ok=True)
+    for i, feed in enumerate(feeds):
+        np.savez(folder / f"{i:05d}.npz", **feed)
+    (folder / "nodes.json").write_text(json.dumps(list(plan.quantize)))
+    cmd = [sys.executable, "-m", "sana_deploy.quantize.tools", "modelopt", mode, str(src), str(dst), str(folder)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    if done.returncode != 0 or not dst.exists():
+        tail = " ".join((done.stderr or done.stdout).strip().splitlines()[-3:])[-600:]
+        fail(f"NVIDIA Model Optimizer could not quantize {src.name} ({mode}): {tail}", QuantizeError)
+
+
+def _modelopt_child(mode: str, src: Path, dst: Path, folder: Path) -> None:
     from modelopt.onnx.quantization import quantize
 
     for name in ("modelopt", "modelopt.onnx"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    feeds = [dict(np.load(f)) for f in sorted(folder.glob("*.npz"))]
     quantize(
         str(src),
         quantize_mode=mode,
         calibration_data_reader=_reader(feeds),
         calibration_method="max",
         calibration_eps=["cpu"],
-        nodes_to_quantize=list(plan.quantize),
+        nodes_to_quantize=json.loads((folder / "nodes.json").read_text()),
         high_precision_dtype="fp32",
         use_external_data_format=True,
         output_path=str(dst),
@@ -207,3 +230,6 @@ def _onnxruntime(mode: str, src: Path, dst: Path, plan: LayerPlan, feeds: Feeds)
 
 
 __all__ = ["FeedReader", "run_tool", "tool_available", "tool_version"]
+
+if __name__ == "__main__":  # the Model Optimizer child process (see _modelopt)
+    _modelopt_child(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), Path(sys.argv[5]))
