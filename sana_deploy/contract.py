@@ -25,7 +25,13 @@ SPLIT_TRANSFORMER = ("transformer_text", "transformer_cached")
 VAE_ENCODER = "vae_encoder"
 # The graphs of one base model (what a model's export folder can hold without other weights).
 BASE_GRAPHS = COMPONENTS + SPLIT_TRANSFORMER + (VAE_ENCODER,)
-ALL_COMPONENTS = BASE_GRAPHS
+# Variants' graphs (docs/VARIANTS.md): a ControlNet (its own weights, loaded next to the model), the per-step
+# transformer graph that takes its block residuals, and the per-step graph with PAG's per-layer identity input.
+CONTROLNET = "controlnet"
+TRANSFORMER_CONTROL = "transformer_control"
+TRANSFORMER_PAG = "transformer_pag"
+VARIANT_STEP_GRAPHS = (TRANSFORMER_CONTROL, TRANSFORMER_PAG)
+ALL_COMPONENTS = BASE_GRAPHS + VARIANT_STEP_GRAPHS + (CONTROLNET,)
 # What the product path runs (and `build` builds) by default: the split, not the one-graph transformer.
 PIPELINE_COMPONENTS = ("text_encoder", "transformer_text", "transformer_cached", "vae")
 ONE_GRAPH_COMPONENTS = ("text_encoder", "transformer", "vae")
@@ -45,6 +51,11 @@ _ALIASES = {
     "transformer_cached": "transformer_cached",
     "vae-encoder": VAE_ENCODER,
     "vae_encoder": VAE_ENCODER,
+    "controlnet": CONTROLNET,
+    "transformer-control": TRANSFORMER_CONTROL,
+    "transformer_control": TRANSFORMER_CONTROL,
+    "transformer-pag": TRANSFORMER_PAG,
+    "transformer_pag": TRANSFORMER_PAG,
 }
 
 
@@ -58,7 +69,8 @@ def parse_components(spec: str | tuple[str, ...] | list[str] | None) -> tuple[st
         fail(
             f"Unknown component(s) {bad or spec!r}; choose from transformer, vae, text-encoder "
             f"(or transformer-text and transformer-cached, the transformer split for caching the caption K/V; "
-            f"vae-encoder, the DC-AE encoder for img2img)."
+            f"vae-encoder, the DC-AE encoder for img2img; controlnet, transformer-control and transformer-pag, the "
+            f"ControlNet and PAG graphs)."
         )
     chosen = {_ALIASES[s] for s in items}
     return tuple(c for c in ALL_COMPONENTS if c in chosen)
@@ -69,7 +81,7 @@ def module_of(component: str) -> str:
     encoder the vae)."""
     if component == VAE_ENCODER:
         return "vae"
-    return "transformer" if component in SPLIT_TRANSFORMER else component
+    return "transformer" if component in SPLIT_TRANSFORMER + VARIANT_STEP_GRAPHS else component
 
 
 def pipeline_components(kv_cache: bool = True) -> tuple[str, ...]:
@@ -90,9 +102,10 @@ def torch_dtype(precision: str) -> torch.dtype:
 
 def component_precision(component: str, precision: str) -> str:
     """The precision a component runs at for a requested ``precision``: the transformer graphs take it; the DC-AE
-    and Gemma-2 are never run in fp16 (they must stay in bf16 or fp32, docs/SANA.md), so fp16 keeps them fp32."""
+    and Gemma-2 are never run in fp16 (they must stay in bf16 or fp32, docs/SANA.md), so fp16 keeps them fp32. A
+    ControlNet (transformer blocks) runs at the transformer's precision."""
     torch_dtype(precision)
-    if module_of(component) != "transformer" and precision == "fp16":
+    if module_of(component) not in ("transformer", CONTROLNET) and precision == "fp16":
         return "fp32"
     return precision
 

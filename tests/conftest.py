@@ -22,9 +22,9 @@ def tiny():
 @pytest.fixture(scope="session")
 def tiny_export(tiny, tmp_path_factory):
     """sana-tiny exported once (all components, the transformer split too, fp32) for the tests that read ONNX."""
-    from sana_deploy.contract import ALL_COMPONENTS
+    from sana_deploy.contract import BASE_GRAPHS
     from sana_deploy.export import export_model
 
     out = tmp_path_factory.mktemp("export") / "sana-tiny"
-    results = export_model(tiny, ALL_COMPONENTS, "fp32", out)
+    results = export_model(tiny, BASE_GRAPHS, "fp32", out)
     return out, {r.component: r for r in results}

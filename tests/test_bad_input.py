@@ -73,6 +73,23 @@ def _lora_bytes(
     return save({f"{key}.lora_A.weight": torch.ones(4, width), f"{key}.lora_B.weight": torch.ones(width, 4)})
 
 
+def _png_bytes() -> bytes:
+    """A small valid PNG (an input image for img2img / ControlNet cases)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 24), (90, 120, 200)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# a Sana ControlNet config for a model of hidden size 96 (sana-tiny's is 64)
+_CN_96 = '{"_class_name": "SanaControlNetModel", "num_attention_heads": 3, "attention_head_dim": 32, "num_layers": 1, '
+_CN_96 += '"cross_attention_dim": 96, "caption_channels": 64, "num_cross_attention_heads": 2, '
+_CN_96 += '"cross_attention_head_dim": 48}'
+
+
 def _write(name: str, data: bytes | str) -> Callable[[Workspace], None]:
     def setup(ws: Workspace) -> None:
         path = ws.tmp / name
@@ -274,6 +291,42 @@ CASES: list[Case] = [
         "text-encoder",
         _write("a.safetensors", _lora_bytes(prefix="text_encoder.")),
     ),
+    # --- generate: img2img, ControlNet, PAG (checked before the model loads) ---
+    Case(
+        "strength-zero",
+        (*G, "--image", "in.png", "--strength", "0"),
+        "strength must be a number in (0, 1]",
+        _write("in.png", _png_bytes()),
+    ),
+    Case(
+        "strength-above-one",
+        (*G, "--image", "in.png", "--strength", "1.5"),
+        "strength must be a number in (0, 1]",
+        _write("in.png", _png_bytes()),
+    ),
+    Case("strength-without-image", (*G, "--strength", "0.5"), "pass --image too"),
+    Case("image-not-an-image", (*G, "--image", "in.png"), "is not an image PIL can read", _write("in.png", "text")),
+    Case("image-missing", (*G, "--image", "nope.png"), "no such file"),
+    Case(
+        "control-image-without-controlnet",
+        (*G, "--control-image", "e.png"),
+        "no ControlNet: load one",
+        _write("e.png", _png_bytes()),
+    ),
+    Case(
+        "controlnet-other-model-size",
+        (*G, "--controlnet", "cn", "--control-image", "e.png"),
+        "is for another model size",
+        _all(_write("e.png", _png_bytes()), _write("cn/config.json", _CN_96)),
+    ),
+    Case(
+        "controlnet-not-a-folder",
+        (*G, "--controlnet", "cn", "--control-image", "e.png"),
+        "not a diffusers Sana ControlNet folder",
+        _write("e.png", _png_bytes()),
+    ),
+    Case("pag-layers-out-of-range", (*G, "--pag-scale", "2", "--pag-layers", "7"), "PAG layer 7 is out of range"),
+    Case("pag-scale-negative", (*G, "--pag-scale", "-1"), "must be a finite number >= 0"),
     Case("unknown-sampler", (*G, "--sampler", "ddim"), "Invalid value for '--sampler'"),
     Case("unknown-backend", (*G[:3], "warp", "--no-progress"), "Invalid value for '--backend'"),
     Case("tensorrt-without-it", (*G[:3], "tensorrt", *G[4:], "--steps", "1"), ("CUDA", "not installed")),

@@ -63,7 +63,8 @@ def _csv(values: str | None) -> tuple[str, ...] | None:
     "--components",
     default=None,
     help="Comma-separated [what the pipeline runs: text-encoder, transformer-text, transformer-cached, vae; with "
-    "--no-kv-cache the one-graph transformer instead of the split pair].",
+    "--no-kv-cache the one-graph transformer instead of the split pair]; also vae-encoder (img2img, control images), "
+    "transformer-pag, transformer-control and controlnet (with --controlnet).",
 )
 @click.option(
     "--no-kv-cache",
@@ -77,6 +78,12 @@ def _csv(values: str | None) -> tuple[str, ...] | None:
 @click.option("--strip-weights", is_flag=True, help="TensorRT: weight-stripped plan, refit from the ONNX at load.")
 @click.option("--targets", default=None, help="tensorrt-rtx compute capabilities, e.g. sm86,sm89,sm120 [sm89].")
 @click.option("--plugin", "plugins", multiple=True, type=click.Path(path_type=Path), help="TensorRT plugin library.")
+@click.option(
+    "--controlnet",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A Sana ControlNet folder: also build its graph, the step graph that takes its residuals and the encoder.",
+)
 def build(
     model: str,
     preset: str | None,
@@ -97,6 +104,7 @@ def build(
     no_kv_cache: bool,
     quantize: str | None = None,
     recipe: str | None = None,
+    controlnet: Path | None = None,
 ) -> None:
     """Build engines for resolution profiles (exports first if needed); cached engines are reused."""
     from sana_deploy.engines.backends import BuildOptions
@@ -135,6 +143,7 @@ def build(
         kv_cache=not no_kv_cache,
         quantize=quantize,
         recipe=recipe,
+        controlnet=controlnet,
     )
     rows = [
         [

@@ -105,6 +105,32 @@ from sana_deploy.runtime.solvers import SAMPLERS
     default=None,
     help="img2img: how much of the schedule runs from the noised --image, in (0, 1] [0.6]; 1 ignores the image.",
 )
+@click.option(
+    "--controlnet",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A Sana ControlNet folder (diffusers layout: config.json + weights) for --control-image.",
+)
+@click.option(
+    "--control-image",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="ControlNet: the control image (edges, depth, ...), encoded by the DC-AE encoder; needs --controlnet.",
+)
+@click.option("--control-scale", type=float, default=1.0, show_default=True, help="ControlNet: scale of its residuals.")
+@click.option(
+    "--pag-scale",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Perturbed-attention guidance scale (0: off; NVlabs uses 2-3): one more branch per step.",
+)
+@click.option(
+    "--pag-layers",
+    default=None,
+    help="PAG: the blocks whose self-attention the perturbed branch replaces with the identity, e.g. 8 or 8,14 "
+    "[NVlabs' block for 0.6B/1.6B, else 0].",
+)
 @kv_cache_option
 def generate(
     prompt: str | None,
@@ -133,6 +159,11 @@ def generate(
     loras: tuple[str, ...],
     image: Path | None,
     strength: float | None,
+    controlnet: Path | None,
+    control_image: Path | None,
+    control_scale: float,
+    pag_scale: float,
+    pag_layers: str | None,
     no_kv_cache: bool,
 ) -> None:
     """Generate images from PROMPT (or --prompts FILE) and write PNGs."""
@@ -166,6 +197,11 @@ def generate(
         loras=tuple(parse_lora(spec) for spec in loras),
         image=image,
         strength=strength,
+        controlnet=controlnet,
+        control_image=control_image,
+        control_scale=control_scale,
+        pag_scale=pag_scale,
+        pag_layers=pag_layers,
     )
     for line in generate_images(request):
         click.echo(line)

@@ -17,6 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sana_deploy.contract import (
+    CONTROLNET,
+    SPLIT_TRANSFORMER,
+    TRANSFORMER_CONTROL,
+    VAE_ENCODER,
     default_export_root,
     export_dir,
     model_dirname,
@@ -35,6 +39,7 @@ from sana_deploy.engines.records import CacheKey, EngineEntry, check_model_dir, 
 from sana_deploy.errors import fail
 from sana_deploy.export import ensure_export, load_manifest
 from sana_deploy.models.components import SanaComponents
+from sana_deploy.models.controlnet import controlnet_id, load_controlnet
 from sana_deploy.models.loaders import load_components
 from sana_deploy.runners.weights import WEIGHT_MAP_FILE
 
@@ -224,6 +229,7 @@ def build_engines(
     kv_cache: bool = True,
     quantize: str | None = None,
     recipe: str | None = None,
+    controlnet: str | Path | None = None,
 ) -> list[EngineEntry]:
     """Build (or find) one engine per component and profile. Returns the entries, ``.hit`` set on cache hits.
 
@@ -231,6 +237,9 @@ def build_engines(
     ``quantize`` (``int8``/``fp8``, or ``precision="int8"``): the transformer graphs from the Q/DQ exports of
     ``sana-deploy quantize`` (``recipe``: a recipe name or digest prefix; default the newest for these weights that
     the backend runs), every engine recorded at that precision (``sana_deploy.engines.quantized``).
+    ``controlnet``: a Sana ControlNet folder, for the ``controlnet`` graph (its engines are cached under the
+    ControlNet's folder name) and ``transformer_control`` (which takes as many residuals as it has blocks); with
+    ``components`` None, those two and the DC-AE encoder are built too.
     """
     say = say or (lambda m: print(f"[sana-deploy build] {m}", file=sys.stderr, flush=True))
     precision, quantize = split_precision(precision, quantize)
@@ -238,6 +247,8 @@ def build_engines(
     bases = parse_profiles(profiles if isinstance(profiles, str) else list(profiles))
     max_batch = check_max_batch(max_batch)
     names = pipeline_components(kv_cache) if components is None else parse_components(components)
+    if controlnet is not None and components is None:  # and what a control image needs: encoder, ControlNet graphs
+        names = tuple(dict.fromkeys((*names, VAE_ENCODER, SPLIT_TRANSFORMER[0], TRANSFORMER_CONTROL, CONTROLNET)))
     chosen, why = get_backend(backend)
     options = quant_options(chosen, options or BuildOptions(), quantize)
     device = chosen.target_device(options)  # validates targets before anything is exported
@@ -248,8 +259,14 @@ def build_engines(
     check_model_dir(model_dirname(model))  # the cache folder it will go in
     cache = EngineCache(engine_dir)
     cache.check_writable()  # a read-only or file --engine-dir fails here, before the model is loaded or exported
-    modules = tuple(dict.fromkeys(module_of(c) for c in names))
+    modules = tuple(dict.fromkeys(module_of(c) for c in names if c != CONTROLNET))
     components = load_components(model, modules, preset=preset, random_weights=random_weights)
+    cache_models = {c: model for c in names}
+    if controlnet is not None:
+        components.controlnet = load_controlnet(controlnet, components.preset)
+        cache_models[CONTROLNET] = check_model_dir(controlnet_id(controlnet))
+    elif CONTROLNET in names:
+        fail("Building the controlnet graph needs the ControlNet: pass --controlnet FOLDER (diffusers' Sana layout).")
 
     def load() -> SanaComponents:  # what backends that trace PyTorch (aoti) are handed
         return components
@@ -267,7 +284,10 @@ def build_engines(
     for export, profile in tasks:
         bar.set_description(f"{export.component} [{profile.name}]")
         key_precision = quantize or precision  # a quantized build's engines never answer an fp32 lookup
-        entry = build_one(cache, chosen, model, export, key_precision, profile, options, load, bar.set_postfix_str)
+        entry = build_one(
+            cache, chosen, cache_models[export.component], export, key_precision, profile, options, load,
+            bar.set_postfix_str,
+        )  # fmt: skip
         if entry.key not in seen:  # the text encoder's profiles coincide: one engine, listed once
             seen.add(entry.key)
             entries.append(entry)

@@ -43,7 +43,9 @@ def _build_request(model_id: str, component: str, height: int, width: int, batch
 
 
 def _command_line(req: dict) -> str:
-    extra = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in req.items() if k in ("backend", "precision"))
+    extra = " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in req.items() if k in ("backend", "precision", "controlnet") and v
+    )
     return (
         f"sana-deploy build --model {req['model']} --profiles {req['profiles'][0]} --max-batch {req['max_batch']} "
         f"--components {req['components'][0]} {extra}"
@@ -62,14 +64,17 @@ def resolve(
     **build_kwargs,
 ) -> EngineEntry | None:
     """The entry covering the request (of ``find_backend``, or any that runs here when None), else the miss policy:
-    a build with ``build_kwargs`` (``backend`` among them) now, in the background (None), or an error."""
+    a build with ``build_kwargs`` (``backend`` among them) now, in the background (None), or an error.
+    ``build_kwargs["build_model"]``: the model a build loads when ``model_id`` names other weights' engines (a
+    ControlNet's, cached under its own name and built with ``controlnet=`` from the model it belongs to)."""
     policy = MissPolicy.parse(policy)
+    build_model = build_kwargs.pop("build_model", None) or model_id
     entry = cache.find(
         model_id, component, height, width, batch, backend=find_backend, precision=build_kwargs.get("precision")
     )
     if entry is not None:
         return entry
-    req = _build_request(model_id, component, height, width, batch, build_kwargs)
+    req = _build_request(build_model, component, height, width, batch, build_kwargs)
     if policy is MissPolicy.ERROR:
         fail(
             f"No engine in {cache.root} covers {component} at {height}x{width}, batch {batch}. Build profile "

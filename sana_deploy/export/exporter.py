@@ -350,8 +350,8 @@ def ensure_export(
     and whether it was already there.
 
     Always parity-checked: an export is reused only when its manifest names these weights (``weights_sha256``)
-    and records a parity check it passed; otherwise it is exported again and checked at ``parity`` (``quick``:
-    the spec's smallest parity size, ``full``: all of them). A graph that fails the check raises
+    and the spec's inputs, and records a parity check it passed; otherwise it is exported again and checked at
+    ``parity`` (``quick``: the spec's smallest parity size, ``full``: all of them). A graph that fails the check raises
     :class:`~sana_deploy.errors.ParityError` with the report and nothing is written. A file lock makes
     concurrent processes export once.
     """
@@ -369,7 +369,11 @@ def ensure_export(
             except (OSError, ValueError):  # unreadable or not JSON: export again
                 data = {}
             same_weights = isinstance(data, dict) and data.get("weights_sha256") == components.content_hash(component)
-            if same_weights and servable(data):
+            # and the same graph interface (e.g. the number of ControlNet residuals transformer_control takes)
+            same_io = isinstance(data, dict) and data.get("inputs") == [
+                t.to_json() for t in SPECS[component](components).inputs
+            ]
+            if same_weights and same_io and servable(data):
                 return folder / MODEL_FILE, True
         return export_component(components, component, precision, root, level).path, False
 

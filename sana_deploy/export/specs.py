@@ -123,6 +123,41 @@ class _TransformerCachedIO(nn.Module):
         return self.model.forward_cached(latent, timestep, text_kv, encoder_attention_mask, guidance).float()
 
 
+class _TransformerControlIO(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, latent, timestep, text_kv, encoder_attention_mask, controlnet_residuals):
+        return self.model.forward_cached(
+            latent, timestep, text_kv, encoder_attention_mask, controlnet_residuals=controlnet_residuals
+        ).float()
+
+
+class _TransformerPagIO(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, latent, timestep, text_kv, encoder_attention_mask, pag_identity):
+        return self.model.forward_cached(
+            latent, timestep, text_kv, encoder_attention_mask, pag_identity=pag_identity
+        ).float()
+
+
+class _ControlNetIO(nn.Module):
+    def __init__(self, controlnet: nn.Module) -> None:
+        super().__init__()
+        self.controlnet = controlnet
+
+    def forward(
+        self, latent, timestep, encoder_hidden_states, encoder_attention_mask, controlnet_cond, conditioning_scale
+    ):
+        return self.controlnet(
+            latent, timestep, encoder_hidden_states, encoder_attention_mask, controlnet_cond, conditioning_scale
+        ).float()
+
+
 class _VaeDecoderIO(nn.Module):
     def __init__(self, vae: nn.Module) -> None:
         super().__init__()
@@ -228,6 +263,85 @@ def transformer_cached_spec(components: SanaComponents) -> ExportSpec:
     )
 
 
+CONTROLNET_DEFAULT_LAYERS = 7  # diffusers' SanaControlNetModel default, and every released Sana ControlNet's
+
+
+def control_blocks(components: SanaComponents) -> int:
+    """How many ControlNet residuals the ``transformer_control`` graph takes: one per ControlNet block, at most one
+    per transformer block after the first (diffusers adds sample k after block k + 1 and drops the rest)."""
+    cn = components.controlnet
+    layers = cn.config.num_layers if cn is not None else CONTROLNET_DEFAULT_LAYERS
+    return max(1, min(layers, components.preset.transformer.num_layers - 1))
+
+
+def _step_inputs(components: SanaComponents) -> list[TensorSpec]:
+    """The cached step graph's inputs without Sana-Sprint's guidance (ControlNet and PAG run with base Sana)."""
+    return [t for t in transformer_cached_spec(components).inputs if t.name != "guidance"]
+
+
+def transformer_control_spec(components: SanaComponents) -> ExportSpec:
+    """The cached step graph that adds a ControlNet's block residuals (``controlnet`` graph output) to its tokens."""
+    t = components.preset.transformer
+    base = transformer_cached_spec(components)
+    residuals = TensorSpec(
+        "controlnet_residuals", (control_blocks(components), "batch", "latent_h", "latent_w", t.hidden_size)
+    )
+    return ExportSpec(
+        component="transformer_control",
+        inputs=(*_step_inputs(components), residuals),
+        outputs=base.outputs,
+        axes=base.axes,
+        export_sizes=base.export_sizes,
+        parity_sizes=base.parity_sizes,
+        tolerance=base.tolerance,
+        wrap=lambda c: _TransformerControlIO(c.get("transformer")),
+    )
+
+
+def transformer_pag_spec(components: SanaComponents) -> ExportSpec:
+    """The cached step graph with PAG's ``pag_identity`` (batch, num_layers): 1 where a row's self-attention in that
+    block is the identity (the perturbed branch), 0 elsewhere; one call runs [uncond, cond, perturbed]."""
+    t = components.preset.transformer
+    base = transformer_cached_spec(components)
+    return ExportSpec(
+        component="transformer_pag",
+        inputs=(*_step_inputs(components), TensorSpec("pag_identity", ("batch", t.num_layers))),
+        outputs=base.outputs,
+        axes=base.axes,
+        export_sizes=base.export_sizes,
+        parity_sizes=base.parity_sizes,
+        tolerance=base.tolerance,
+        wrap=lambda c: _TransformerPagIO(c.get("transformer")),
+    )
+
+
+def controlnet_spec(components: SanaComponents) -> ExportSpec:
+    """A Sana ControlNet: the denoiser's inputs plus the control latents and the scale -> its block residuals
+    (num_layers, batch, latent_h, latent_w, C), already scaled, in the layout ``transformer_control`` takes."""
+    cfg = components.get("controlnet").config
+    base = transformer_spec(components)
+    latent = TensorSpec("latent", ("batch", LATENT_CHANNELS, "latent_h", "latent_w"))
+    return ExportSpec(
+        component="controlnet",
+        inputs=(
+            latent,
+            TensorSpec("timestep", ("batch",)),
+            TensorSpec("encoder_hidden_states", ("batch", "text_len", cfg.caption_channels)),
+            TensorSpec("encoder_attention_mask", ("batch", "text_len"), torch.int64),
+            TensorSpec("controlnet_cond", ("batch", LATENT_CHANNELS, "latent_h", "latent_w")),
+            TensorSpec("conditioning_scale", (1,)),
+        ),
+        outputs=(
+            TensorSpec("controlnet_residuals", (cfg.num_layers, "batch", "latent_h", "latent_w", cfg.hidden_size)),
+        ),
+        axes=base.axes,
+        export_sizes=base.export_sizes,
+        parity_sizes=base.parity_sizes,
+        tolerance=base.tolerance,
+        wrap=lambda c: _ControlNetIO(c.get("controlnet")),
+    )
+
+
 def vae_spec(components: SanaComponents) -> ExportSpec:
     # Latents of at least 6x6. DC-AE's multiscale attention takes a quadratic path when H*W <= attention_head_dim
     # and the linear one above; the graph is traced on the linear path, which computes the same ReLU linear
@@ -297,4 +411,7 @@ SPECS: dict[str, Callable[[SanaComponents], ExportSpec]] = {
     "transformer_text": transformer_text_spec,
     "transformer_cached": transformer_cached_spec,
     "vae_encoder": vae_encoder_spec,
+    "transformer_control": transformer_control_spec,
+    "transformer_pag": transformer_pag_spec,
+    "controlnet": controlnet_spec,
 }

@@ -25,7 +25,7 @@ def module_hash(module: nn.Module) -> str:
 
 @dataclass
 class SanaComponents:
-    """Transformer, DC-AE, Gemma-2 text encoder and tokenizer of one model (any may be None)."""
+    """Transformer, DC-AE, Gemma-2 text encoder and tokenizer of one model (any may be None), and a ControlNet."""
 
     preset: SanaPreset
     model_id: str  # preset name or the path it was loaded from
@@ -34,6 +34,7 @@ class SanaComponents:
     text_encoder: nn.Module | None = None
     tokenizer: object | None = None
     source: str = ""  # how it was loaded, for messages and manifests
+    controlnet: nn.Module | None = None  # a Sana ControlNet loaded next to the model (models/controlnet.py)
     _hashes: dict[str, str] = field(default_factory=dict, repr=False)
 
     def get(self, component: str) -> nn.Module:

@@ -110,14 +110,19 @@ class SanaBlock(nn.Module):
         t0: torch.Tensor,
         height: int,
         width: int,
+        identity: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``identity`` (B,) bool: PAG's perturbed rows, whose self-attention is the identity (its values)."""
         b, n, c = x.shape
         mod = self.scale_shift_table[None] + t0.reshape(b, 6, c)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)
 
         h = (self.norm1(x) * (1 + scale_msa) + shift_msa).to(x.dtype)
         q, k, v = self.attn1.qkv(h, h)
-        a = self.attn1.to_out[0](linear_attention(q, k, v, self.attn1.heads, self.eps))
+        attn = linear_attention(q, k, v, self.attn1.heads, self.eps)
+        if identity is not None:  # docs/VARIANTS.md#pag-perturbed-attention-guidance
+            attn = torch.where(identity[:, None, None], v.to(attn.dtype), attn)
+        a = self.attn1.to_out[0](attn)
         x = x + gate_msa * a.clamp(-FP16_MAX, FP16_MAX)
 
         x = x + self.cross_attention(x, kv, mask_bias)
@@ -298,11 +303,18 @@ class SanaTransformer(nn.Module):
         text_kv: torch.Tensor,
         encoder_attention_mask: torch.Tensor,
         guidance: torch.Tensor | None = None,
+        controlnet_residuals: torch.Tensor | None = None,
+        pag_identity: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One denoising step with the caption K/V from :meth:`text_kv`."""
+        """One denoising step with the caption K/V from :meth:`text_kv`.
+
+        ``controlnet_residuals`` (K, B, H, W, C): a ControlNet's block outputs, sample k added after block k + 1
+        (diffusers' ``controlnet_block_samples``). ``pag_identity`` (B, num_layers): 1 where a row's self-attention
+        in that block is the identity (PAG's perturbed branch), 0 elsewhere.
+        """
         text_kv = text_kv.to(self.dtype)
         kv = [(text_kv[i, 0], text_kv[i, 1]) for i in range(len(self.transformer_blocks))]
-        return self._denoise(latent, timestep, kv, encoder_attention_mask, guidance)
+        return self._denoise(latent, timestep, kv, encoder_attention_mask, guidance, controlnet_residuals, pag_identity)
 
     def _denoise(
         self,
@@ -311,14 +323,20 @@ class SanaTransformer(nn.Module):
         kv: list[tuple[torch.Tensor, torch.Tensor]],
         encoder_attention_mask: torch.Tensor,
         guidance: torch.Tensor | None = None,
+        controlnet_residuals: torch.Tensor | None = None,
+        pag_identity: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, _, h, w = latent.shape
         dtype = self.dtype
         x = self.patch_embed(latent.to(dtype))
         t0, embedded_t = self.time_embed(timestep, dtype, guidance)
         mask_bias = ((1 - encoder_attention_mask.to(dtype)) * -10000.0)[:, None, None, :]
-        for block, block_kv in zip(self.transformer_blocks, kv, strict=True):
-            x = block(x, block_kv, mask_bias, t0, h, w)
+        residuals = 0 if controlnet_residuals is None else controlnet_residuals.shape[0]
+        for i, (block, block_kv) in enumerate(zip(self.transformer_blocks, kv, strict=True)):
+            identity = None if pag_identity is None else pag_identity[:, i] > 0.5
+            x = block(x, block_kv, mask_bias, t0, h, w, identity)
+            if 0 < i <= residuals:  # ControlNet: sample i - 1 after block i (blocks 1..K)
+                x = x + controlnet_residuals[i - 1].reshape(b, h * w, -1).to(dtype)
         shift, scale = (self.scale_shift_table[None] + embedded_t[:, None]).chunk(2, dim=1)
         x = self.proj_out(self.norm_out(x) * (1 + scale) + shift)
         return x.reshape(b, h, w, -1).permute(0, 3, 1, 2)

@@ -15,10 +15,16 @@ import torch
 from sana_deploy.contract import (
     ALL_COMPONENTS,
     COMPONENTS,
+    CONTROLNET,
+    SPLIT_TRANSFORMER,
+    TRANSFORMER_CONTROL,
     VAE_ENCODER,
+    VARIANT_STEP_GRAPHS,
     component_dtype,
     component_precision,
     default_export_root,
+    module_of,
+    parse_components,
     pipeline_components,
     torch_dtype,
 )
@@ -27,12 +33,14 @@ from sana_deploy.errors import fail
 from sana_deploy.export import SPECS, ensure_export
 from sana_deploy.models.components import SanaComponents
 from sana_deploy.models.config import PRESETS, TINY_PRESETS, SanaPreset, get_preset
+from sana_deploy.models.controlnet import check_fits, controlnet_id, folder_config, load_controlnet
 from sana_deploy.models.loaders import load_components, load_diffusers_folder, load_tokenizer
 from sana_deploy.models.tokenizer import byte_tokenizer
 from sana_deploy.runners import OrtOptions, OrtRunner, Runner, TorchRunner
 from sana_deploy.runtime.providers import RUNTIME_BACKENDS, EngineStages, FixedStages, require_runnable
 
 FIXED_BACKENDS = ("torch", "onnxruntime")
+TEXT_GRAPH = SPLIT_TRANSFORMER[0]
 
 
 def default_kernels() -> str:
@@ -49,19 +57,27 @@ def default_kernels() -> str:
 
 
 def load_model(
-    model: str | Path, precision: str, random_weights: bool, preset: str | None, device: str = "cpu"
+    model: str | Path,
+    precision: str,
+    random_weights: bool,
+    preset: str | None,
+    device: str = "cpu",
+    controlnet: str | Path | None = None,
 ) -> SanaComponents:
-    """All components on ``device``, each in its stage's dtype (the precision policy, :mod:`sana_deploy.contract`)."""
+    """All components on ``device``, each in its stage's dtype (the precision policy, :mod:`sana_deploy.contract`);
+    with a Sana ControlNet folder, checked to fit the model, as ``components.controlnet``."""
     torch_dtype(precision)  # validates the name
     comps = load_components(model, COMPONENTS, preset=preset, random_weights=random_weights)
     if comps.tokenizer is None:
         fail(f"{model} has no tokenizer; pass a diffusers folder with tokenizer/ or a preset.")
+    if controlnet is not None:
+        comps.controlnet = load_controlnet(controlnet, comps.preset)
     return cast_components(comps, precision, device)
 
 
 def cast_components(comps: SanaComponents, precision: str, device: str = "cpu") -> SanaComponents:
     """Each module in its stage's dtype (in place: modules are moved, not copied)."""
-    for name in COMPONENTS:
+    for name in COMPONENTS + ((CONTROLNET,) if comps.controlnet is not None else ()):
         module, dtype = comps.get(name), component_dtype(name, precision)
         current = next(module.parameters())
         if current.dtype != dtype or current.device != torch.device(device):
@@ -92,8 +108,13 @@ def fixed_stages(
     kv_cache: bool = True,
     ort_options: OrtOptions | None = None,
     kernels: str | None = None,
+    variants: tuple[str, ...] = (),
 ) -> FixedStages:
     """Runners over already loaded (and cast) components: eager torch, or ONNX Runtime over their exports.
+
+    ``variants``: graphs of the variants to export up front too (``transformer_pag``, ``transformer_control``,
+    ``controlnet``; a loaded ControlNet's two always are); the others are exported on first use when the modules
+    are still at hand.
 
     torch offers every component (the split and the one-graph transformer alike). onnxruntime exports what the
     pipeline runs (``kv_cache``: the split; else the one-graph transformer) into ``export_dir`` on first use, and
@@ -104,9 +125,9 @@ def fixed_stages(
     check_fixed_backend(backend)
     if backend == "torch":
         runners = {c: (lambda c=c: torch_runner(comps, c, precision, kernels)) for c in ALL_COMPONENTS}
-        return FixedStages(runners, vae_module=comps.vae, kv_cache=kv_cache)
+        return _with_controlnet(FixedStages(runners, vae_module=comps.vae, kv_cache=kv_cache), comps)
     root = Path(export_dir) if export_dir is not None else default_export_root(comps.model_id)
-    names = pipeline_components(kv_cache)
+    names = tuple(dict.fromkeys(pipeline_components(kv_cache) + variant_graphs(variants, comps)))
     paths = {c: ensure_export(comps, c, precision, root)[0] for c in names}
     if own_modules:
         comps.transformer = comps.text_encoder = None
@@ -114,14 +135,36 @@ def fixed_stages(
     runners: dict[str, Runner | Callable[[], Runner]] = {
         c: OrtRunner(paths[c], c, component_precision(c, precision), ort_options) for c in names
     }
-    # optional stages (img2img's DC-AE encoder): exported and loaded on first use, from the vae this provider keeps
+    # optional stages (img2img's DC-AE encoder, the variants' graphs): exported and loaded on first use
 
     def ort_runner(c: str) -> Runner:
+        if getattr(comps, module_of(c)) is None:  # from_model hands its transformer over once the graphs it named exist
+            fail(
+                f"This onnxruntime pipeline has no {c} graph, and its transformer was released after export: make it "
+                f"with from_model(..., variants=({c!r},)) (generate does so for the options it is given) or "
+                f"from_components."
+            )
         return OrtRunner(ensure_export(comps, c, precision, root)[0], c, component_precision(c, precision), ort_options)
 
-    runners.update({c: (lambda c=c: ort_runner(c)) for c in (VAE_ENCODER,) if c not in runners})
+    optional = (VAE_ENCODER, TEXT_GRAPH, *VARIANT_STEP_GRAPHS, *((CONTROLNET,) if comps.controlnet is not None else ()))
+    runners.update({c: (lambda c=c: ort_runner(c)) for c in optional if c not in runners})
     # the exact tiled decode (large images) runs the torch DC-AE (small next to the others: kept)
-    return FixedStages(runners, vae_module=comps.vae, kv_cache=kv_cache)
+    return _with_controlnet(FixedStages(runners, vae_module=comps.vae, kv_cache=kv_cache), comps)
+
+
+def _with_controlnet(provider: FixedStages, comps: SanaComponents) -> FixedStages:
+    provider.controlnet_layers = comps.controlnet.config.num_layers if comps.controlnet is not None else 0
+    return provider
+
+
+def variant_graphs(variants: tuple[str, ...] | str, comps: SanaComponents) -> tuple[str, ...]:
+    """The graphs the named variants run (with the caption K/V graph they share), and a loaded ControlNet's."""
+    names = list(parse_components(variants)) if variants else []
+    if comps.controlnet is not None:
+        names += [TRANSFORMER_CONTROL, CONTROLNET]
+    if any(n in VARIANT_STEP_GRAPHS for n in names):
+        names.insert(0, TEXT_GRAPH)
+    return tuple(dict.fromkeys(names))
 
 
 def check_fixed_backend(backend: str) -> None:
@@ -158,8 +201,10 @@ def engine_provider(
     device: str = "cpu",
     build_kwargs: dict | None = None,
     kv_cache: bool = True,
+    controlnet: str | Path | None = None,
 ) -> tuple[EngineStages, object, SanaPreset, str]:
-    """An :class:`EngineStages` over ``engine_dir``; misses follow ``on_miss``, the fallback is made on first use."""
+    """An :class:`EngineStages` over ``engine_dir``; misses follow ``on_miss``, the fallback is made on first use.
+    ``controlnet``: a ControlNet folder; its engines are looked up (and built) under its folder's name."""
     if backend not in RUNTIME_BACKENDS or backend == "torch":
         fail(f"Engine backend must be one of auto, onnxruntime, aoti, tensorrt, tensorrt-rtx; got {backend!r}.")
     chosen, _why = get_backend(backend)  # installed? (clear error otherwise); auto: one whose engines run here
@@ -170,11 +215,17 @@ def engine_provider(
     fb_precision = precision if precision in ("fp16", "bf16") else "fp32"  # None, fp32, int8/fp8: fp32 torch
 
     def make_fallback() -> FixedStages:
-        comps = load_model(model, fb_precision, random_weights, None, device)
+        comps = load_model(model, fb_precision, random_weights, None, device, controlnet)
         return fixed_stages(comps, fallback, fb_precision, own_modules=True, kv_cache=kv_cache)
 
     build_kwargs = dict(build_kwargs or {})
     build_kwargs["random_weights"] = random_weights or build_kwargs.get("random_weights", False)
+    component_models, controlnet_layers = {}, 0
+    if controlnet is not None:  # checked now (it fits the model); its weights load when a build or fallback needs them
+        cfg = folder_config(controlnet)
+        check_fits(cfg, preset, str(controlnet))
+        build_kwargs["controlnet"] = str(Path(controlnet).resolve())
+        component_models[CONTROLNET], controlnet_layers = controlnet_id(controlnet), cfg.num_layers
     provider = EngineStages(
         EngineCache(engine_dir),
         model_id,
@@ -185,7 +236,9 @@ def engine_provider(
         build_kwargs,
         kv_cache,
         build_backend=chosen.name,
+        component_models=component_models,
     )
+    provider.controlnet_layers = controlnet_layers
     return provider, tokenizer, preset, model_id
 
 

@@ -25,6 +25,7 @@ class Conditioning:
 
     text: torch.Tensor  # caption embeddings (B, L, C_text), or the caption K/V (layers, 2, B, L, C)
     mask: torch.Tensor  # (B, L) int64
+    embeds: torch.Tensor | None = None  # the caption embeddings themselves, when a ControlNet needs them too
 
 
 class Denoiser(ABC):
@@ -97,3 +98,36 @@ class SplitDenoiser(Denoiser):
     @property
     def kind(self) -> str:
         return "split"
+
+
+class ControlNetDenoiser(Denoiser):
+    """A ControlNet in the step: each step runs the ``controlnet`` graph on the step's latents, timestep and caption
+    (and the request's control latents and scale), then the split's ``transformer_control`` step graph with its
+    block residuals (the first ``blocks`` of them: diffusers adds sample k after block k + 1 and drops the rest)."""
+
+    def __init__(self, split: SplitDenoiser, controlnet: Runner, control: torch.Tensor, scale: float, blocks: int):
+        self.split, self.controlnet, self.blocks = split, controlnet, blocks
+        self.control = control  # (B, 32, h, w): control image latents x scaling_factor, in the step's batch order
+        self.scale = torch.tensor([float(scale)], dtype=torch.float32, device=control.device)
+
+    def prepare(self, prompt_embeds: torch.Tensor, attention_mask: torch.Tensor) -> Conditioning:
+        cond = self.split.prepare(prompt_embeds, attention_mask)
+        cond.embeds = prompt_embeds
+        return cond
+
+    def __call__(
+        self, latent: torch.Tensor, timestep: torch.Tensor, cond: Conditioning, **extra: torch.Tensor
+    ) -> torch.Tensor:
+        residuals = self.controlnet(
+            latent=latent, timestep=timestep, encoder_hidden_states=cond.embeds, encoder_attention_mask=cond.mask,
+            controlnet_cond=self.control, conditioning_scale=self.scale,
+        )["controlnet_residuals"]  # fmt: skip
+        return self.split(latent, timestep, cond, controlnet_residuals=residuals[: self.blocks], **extra)
+
+    @property
+    def label(self) -> str:
+        return f"{self.split.label} + ControlNet {self.controlnet.label}"
+
+    @property
+    def kind(self) -> str:
+        return "split+controlnet"

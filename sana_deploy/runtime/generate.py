@@ -16,6 +16,7 @@ from sana_deploy.contract import model_dirname
 from sana_deploy.engines import EngineCache
 from sana_deploy.errors import fail
 from sana_deploy.models.config import PRESETS, SanaPreset
+from sana_deploy.models.controlnet import check_fits, folder_config
 from sana_deploy.models.lora import LoraError, check_scale
 from sana_deploy.runtime.call_options import resolve_sampler
 from sana_deploy.runtime.images import save_png
@@ -25,6 +26,7 @@ from sana_deploy.runtime.providers import engine_cache_has
 from sana_deploy.runtime.resolution import check_size, plan_size
 from sana_deploy.runtime.solvers import DEFAULT_STEPS
 from sana_deploy.runtime.tiling import TilingConfig
+from sana_deploy.runtime.variants import check_variants
 
 MAX_STEPS = 50  # the most denoising steps generate and bench run; the server's default cap (ServeSettings)
 MAX_PROMPTS_FILE_BYTES = 16 * 1024 * 1024
@@ -59,6 +61,11 @@ class GenerateRequest:
     guidance_scale: float | None = None  # Sana-Sprint's embedded guidance [4.5] (a transformer input, not CFG)
     image: Path | None = None  # img2img: the start image (the size defaults to its own)
     strength: float | None = None  # img2img: share of the schedule that runs from the noised image [0.6]
+    controlnet: Path | None = None  # a Sana ControlNet folder (diffusers layout)
+    control_image: Path | None = None  # the ControlNet's control image (encoded by the DC-AE encoder)
+    control_scale: float = 1.0  # the ControlNet's residuals are scaled by this
+    pag_scale: float = 0.0  # perturbed-attention guidance (0: off)
+    pag_layers: str | None = None  # PAG's blocks, e.g. "8" or "8,14" [the model's default]
 
 
 def build_pipeline(req: GenerateRequest) -> SanaDeployPipeline:
@@ -99,6 +106,7 @@ def _pipeline(req: GenerateRequest) -> SanaDeployPipeline:
             preset=req.preset,
             tiling=tiling,
             kv_cache=req.kv_cache,
+            controlnet=req.controlnet,
         )
     return SanaDeployPipeline.from_engines(
         req.engine_dir,
@@ -109,6 +117,7 @@ def _pipeline(req: GenerateRequest) -> SanaDeployPipeline:
         random_weights=req.random_weights,
         tiling=tiling,
         kv_cache=req.kv_cache,
+        controlnet=req.controlnet,
     )
 
 
@@ -224,10 +233,32 @@ def check_request(req: GenerateRequest) -> int | None:
         check_strength(req.strength)
     if req.image is not None:  # read now: a missing or non-image file fails before the model loads
         load_image(req.image, "--image")
+    _check_variant_options(req, preset)
     low, high = _SEED_RANGE
     if not isinstance(req.seed, int) or not low <= req.seed <= high - (len(req.prompts) - 1):
         fail(f"--seed must be an integer from 0 to {high - (len(req.prompts) - 1)}, got {req.seed!r}.")
     return steps
+
+
+def _check_variant_options(req: GenerateRequest, preset: SanaPreset | None) -> None:
+    """ControlNet and PAG options, before the model loads: the control image is read, the ControlNet's config is
+    checked against a preset model, PAG blocks against its depth (other models: when they load)."""
+    if req.controlnet is not None:
+        cfg = folder_config(req.controlnet)
+        if preset is not None:
+            check_fits(cfg, preset, str(req.controlnet))
+    if req.control_image is not None:
+        load_image(req.control_image, "--control-image")
+    check_variants(
+        sprint=preset is not None and preset.sprint,
+        controlnet_layers=1 if req.controlnet is not None else 0,
+        control_image=req.control_image,
+        conditioning_scale=req.control_scale,
+        pag_scale=req.pag_scale,
+        pag_adaptive_scale=0.0,
+        pag_layers=req.pag_layers if preset is not None else None,
+        num_layers=preset.transformer.num_layers if preset is not None else 1,
+    )
 
 
 def generate_images(req: GenerateRequest) -> Iterator[str]:
@@ -239,6 +270,11 @@ def generate_images(req: GenerateRequest) -> Iterator[str]:
     paths = output_paths(Path(req.output), len(req.prompts) * req.batch)
     image = load_image(req.image, "--image") if req.image is not None else None
     img2img = {} if image is None else {"image": image, "strength": 0.6 if req.strength is None else req.strength}
+    if req.control_image is not None:
+        img2img["control_image"] = load_image(req.control_image, "--control-image")
+        img2img["controlnet_conditioning_scale"] = req.control_scale
+    if req.pag_scale or req.pag_layers is not None:
+        img2img.update(pag_scale=req.pag_scale, pag_applied_layers=req.pag_layers)
     pipe = build_pipeline(req)
     guidance = guidance_for(req, pipe.preset)
     pipe.set_progress_bar(req.progress)

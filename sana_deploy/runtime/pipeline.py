@@ -47,6 +47,7 @@ from sana_deploy.runtime.call_options import (
     resolve_sampler,
     tensor_inputs,
 )
+from sana_deploy.runtime.denoiser import ControlNetDenoiser, Denoiser
 from sana_deploy.runtime.exact_tiling import split_tiled_decode
 from sana_deploy.runtime.images import postprocess
 from sana_deploy.runtime.img2img import check_strength, image_size, load_image, prepare_images, start_step
@@ -61,6 +62,7 @@ from sana_deploy.runtime.text import (
     encode_prompts,
 )
 from sana_deploy.runtime.tiling import TilingConfig, tiled_decode
+from sana_deploy.runtime.variants import Guidance, check_variants
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 Callback = Callable[[int, float, torch.Tensor], None]  # (step index, timestep, latents)
@@ -162,13 +164,18 @@ class SanaDeployPipeline(LoraMixin):
         kv_cache: bool = True,
         ort_options: OrtOptions | None = None,
         kernels: str | None = None,
+        controlnet: str | Path | None = None,
+        variants: tuple[str, ...] = (),
         **kwargs,
     ) -> SanaDeployPipeline:
         """Eager torch (``backend="torch"``) or ONNX Runtime over the ONNX exports (``backend="onnxruntime"``;
         exported into ``export_dir`` on first use). ``kv_cache``: the caption K/V once per request (the split) or
-        the one-graph transformer. ``kernels``: torch's ``sana::`` op implementation (default: Triton on a GPU)."""
+        the one-graph transformer. ``kernels``: torch's ``sana::`` op implementation (default: Triton on a GPU).
+        ``controlnet``: a Sana ControlNet folder (diffusers layout) for ``control_image`` requests. ``variants``:
+        onnxruntime exports these variant graphs up front too (``("transformer_pag",)`` for PAG requests), since it
+        releases the transformer once its graphs are exported."""
         check_fixed_backend(backend)
-        comps = load_model(model, precision, random_weights, preset, device)
+        comps = load_model(model, precision, random_weights, preset, device, controlnet)
         provider = fixed_stages(
             comps,
             backend,
@@ -178,6 +185,7 @@ class SanaDeployPipeline(LoraMixin):
             kv_cache=kv_cache,
             ort_options=ort_options,
             kernels=kernels,
+            variants=variants,
         )
         return cls(provider, comps.tokenizer, comps.preset, comps.model_id, device=device, **kwargs)
 
@@ -192,14 +200,17 @@ class SanaDeployPipeline(LoraMixin):
         kv_cache: bool = True,
         ort_options: OrtOptions | None = None,
         kernels: str | None = None,
+        variants: tuple[str, ...] = (),
         **kwargs,
     ) -> SanaDeployPipeline:
-        """Over already loaded components (cast in place to the precision policy of ``precision``)."""
+        """Over already loaded components (cast in place to the precision policy of ``precision``); a ControlNet in
+        ``components.controlnet`` serves ``control_image`` requests."""
         check_fixed_backend(backend)
         comps = cast_components(components, precision, device)
         provider = fixed_stages(
-            comps, backend, precision, export_dir, kv_cache=kv_cache, ort_options=ort_options, kernels=kernels
-        )
+            comps, backend, precision, export_dir, kv_cache=kv_cache, ort_options=ort_options, kernels=kernels,
+            variants=variants,
+        )  # fmt: skip
         return cls(provider, comps.tokenizer, comps.preset, comps.model_id, device=device, **kwargs)
 
     @classmethod
@@ -215,15 +226,18 @@ class SanaDeployPipeline(LoraMixin):
         device: str = "cpu",
         build_kwargs: dict | None = None,
         kv_cache: bool = True,
+        controlnet: str | Path | None = None,
         **kwargs,
     ) -> SanaDeployPipeline:
         """Engines from ``engine_dir`` (``sana-deploy build``); a request no engine covers follows ``on_miss``
         (``build``, ``background`` -- serve from ``fallback`` meanwhile -- or ``error``). ``build_kwargs`` go to
         ``build_engines`` on a miss (e.g. ``export_root``, ``static``). ``kv_cache``: run (and build on a miss) the
-        caption K/V split, or the one-graph transformer."""
+        caption K/V split, or the one-graph transformer. ``controlnet``: a Sana ControlNet folder, whose engines
+        (``controlnet``, ``transformer_control``) are cached under its folder's name and built like any other."""
         provider, tokenizer, preset_, model_id = engine_provider(
-            engine_dir, model, backend, precision, on_miss, fallback, random_weights, device, build_kwargs, kv_cache
-        )
+            engine_dir, model, backend, precision, on_miss, fallback, random_weights, device, build_kwargs, kv_cache,
+            controlnet,
+        )  # fmt: skip
         return cls(provider, tokenizer, preset_, model_id, device=device, **kwargs)
 
     def set_progress_bar(self, enabled: bool) -> None:
@@ -265,12 +279,24 @@ class SanaDeployPipeline(LoraMixin):
         return_dict: bool = True,
         clean_caption: bool = False,
         attention_kwargs: dict | None = None,
+        control_image=None,  # noqa: ANN001
+        controlnet_conditioning_scale: float = 1.0,
+        pag_scale: float = 0.0,
+        pag_adaptive_scale: float = 0.0,
+        pag_applied_layers: int | str | Sequence[int | str] | None = None,
     ) -> SanaDeployOutput | tuple:
         """Generate images. Returns :class:`SanaDeployOutput` (``.images``, per-stage ``.seconds``).
 
         img2img (``image``: a path, PIL image, array or tensor, or one per prompt): the image is encoded by the DC-AE
         encoder and noised to the schedule entry ``strength`` (0, 1] starts at, as diffusers' img2img pipelines do;
         the size defaults to the image's.
+
+        ControlNet (a pipeline made with ``controlnet=``): ``control_image`` (like ``image``) is encoded by the DC-AE
+        encoder and steers every step through the ControlNet's block residuals, times
+        ``controlnet_conditioning_scale`` (diffusers' ``SanaControlNetPipeline``). PAG (diffusers'
+        ``SanaPAGPipeline``): ``pag_scale`` > 0 adds a perturbed branch whose self-attention is the identity on the
+        blocks ``pag_applied_layers`` (indices or ``"transformer_blocks.N"``; default: NVlabs' block for 0.6B/1.6B,
+        else block 0), ``pag_adaptive_scale`` lowers it with the timestep. docs/VARIANTS.md.
         """
         # diffusers' call options (docs/VARIANTS.md#diffusers-call-signature), checked before any stage runs
         check_unsupported(eta, clean_caption, attention_kwargs)
@@ -279,6 +305,13 @@ class SanaDeployPipeline(LoraMixin):
         sampler = resolve_sampler(self.preset, sampler)
         check_sprint_guidance(self.preset, guidance_scale, negative_prompt, negative_prompt_embeds)
         cfg = guidance_scale > 1.0 and not sprint  # Sprint: guidance is a transformer input, never a CFG batch
+        control_scale, pag, pag_adaptive, pag_layers = check_variants(
+            sprint=sprint, controlnet_layers=self.provider.controlnet_layers, control_image=control_image,
+            conditioning_scale=controlnet_conditioning_scale, pag_scale=pag_scale,
+            pag_adaptive_scale=pag_adaptive_scale, pag_layers=pag_applied_layers,
+            num_layers=self.preset.transformer.num_layers,
+        )  # fmt: skip
+        guide = Guidance(cfg, guidance_scale, pag, pag_adaptive, pag_layers)
         max_sequence_length = check_max_sequence_length(max_sequence_length)
         chi = self.complex_human_instruction if complex_human_instruction is DEFAULT_CHI else complex_human_instruction
         chi = check_chi(chi)
@@ -324,6 +357,14 @@ class SanaDeployPipeline(LoraMixin):
                 fail(f"Got {len(init_images)} images for {len(prompts)} prompts; pass one image or one per prompt.")
             if height is None and width is None:
                 height, width = image_size(init_images[0])
+        control_images = None
+        if control_image is not None:  # ControlNet: read now, like the img2img image
+            items = control_image if isinstance(control_image, list | tuple) else [control_image]
+            control_images = [load_image(i, "control image") for i in items]
+            if len(control_images) not in (1, len(prompts)):
+                fail(f"Got {len(control_images)} control images for {len(prompts)} prompts; pass one, or one a prompt.")
+            if height is None and width is None:
+                height, width = image_size(control_images[0])
         plan = plan_size(height, width, self.preset, resolution_binning)
         solver = self._solver(
             sampler, num_inference_steps, generator, timesteps, sigmas, max_timesteps, intermediate_timesteps
@@ -356,10 +397,14 @@ class SanaDeployPipeline(LoraMixin):
         emb = emb.repeat_interleave(n, dim=0).to(self.device)
         mask = mask.repeat_interleave(n, dim=0).to(self.device)
         assert emb.shape[0] == groups * batch
+        emb, mask = guide.text(emb, mask)  # PAG: the conditional rows once more, for the perturbed branch
         seconds["text_encoder"] = self._clock() - start
-        image_latents = None
+        image_latents = control = None
         if init_images is not None:  # img2img's start image through the DC-AE encoder
             image_latents = self._encode_images(init_images, plan, batch, "image", backends, seconds)
+        if control_images is not None:  # the ControlNet's control latents, one copy per chunk of the step batch
+            control = self._encode_images(control_images, plan, batch, "control image", backends, seconds)
+            control = torch.cat([control] * guide.chunks)
 
         # 2. denoising loop: the text side of the transformer once, then one transformer call per step
         start = self._clock()
@@ -375,11 +420,13 @@ class SanaDeployPipeline(LoraMixin):
         else:  # img2img: the schedule from `strength` on, from the image latents noised there (caller latents as given)
             solver.index = start_step(solver.steps, strength)
             x = x if latents is not None else solver.noised(image_latents, x)
-        denoiser = self.provider.denoiser(plan.height, plan.width, groups * batch)
+        denoiser = self._denoiser(plan, guide.chunks * batch, control, control_scale, guide.pag)
         backends["transformer"] = denoiser.label
         cond = denoiser.prepare(emb, mask)
         require_finite(cond.text, "transformer", denoiser.label, plan, "in the caption K/V")
-        extra = {}  # further step-graph inputs: Sprint's embedded guidance, per image
+        extra = {}  # further step-graph inputs: Sprint's embedded guidance, per image; PAG's per-block identity
+        if guide.pag:
+            extra["pag_identity"] = guide.pag_identity(batch, self.preset.transformer.num_layers, self.device)
         if sprint:
             scale = self.preset.transformer.guidance_embeds_scale
             extra["guidance"] = torch.full((batch,), guidance_scale, dtype=torch.float32, device=self.device) * scale
@@ -390,20 +437,18 @@ class SanaDeployPipeline(LoraMixin):
                 break
             step_start = self._clock()
             model_in = solver.model_input(x)
-            model_in = torch.cat([model_in, model_in]) if cfg else model_in
+            model_in = torch.cat([model_in] * guide.chunks) if guide.chunks > 1 else model_in
             t = solver.model_timestep(model_in.shape[0], self.device)
             schedule_t = solver.schedule_timestep()
             v = denoiser(model_in, t, cond, **extra).float()
             require_finite(v, "transformer", denoiser.label, plan, f"at step {i + 1} of {solver.steps}")
-            if cfg:
-                v_uncond, v_cond = v.chunk(2)
-                v = v_uncond + guidance_scale * (v_cond - v_uncond)
+            v = guide.combine(v, schedule_t)  # CFG and/or PAG
             x = solver.step(v, x)
             step_seconds.append(self._clock() - step_start)
             if callback_on_step_end is not None:  # diffusers' protocol: may edit the latents / embeddings, or stop
                 current = {"latents": x, "prompt_embeds": emb}  # prompt_embeds: [negatives; prompts] with CFG
                 if not sprint:  # diffusers hands the negatives too; returning them has no effect there either
-                    current["negative_prompt_embeds"] = emb[: emb.shape[0] // 2] if cfg else None
+                    current["negative_prompt_embeds"] = emb[:batch] if cfg else None
                 kwargs = {k: current[k] for k in step_inputs}
                 outputs = callback_on_step_end(state, i, schedule_t, kwargs)
                 changed = callback_outputs(outputs, current, i, tuple(current))
@@ -459,6 +504,19 @@ class SanaDeployPipeline(LoraMixin):
         if self.sync_timings and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
+
+    def _denoiser(
+        self, plan: SizePlan, rows: int, control: torch.Tensor | None, control_scale: float, pag: bool
+    ) -> Denoiser:
+        """The request's denoiser: the base one, the split with the ControlNet's residuals, or the PAG step graph."""
+        if control is not None:
+            split = self.provider.step_denoiser("transformer_control", plan.height, plan.width, rows)
+            controlnet = self.provider.runner("controlnet", plan.height, plan.width, rows)
+            blocks = min(self.provider.controlnet_layers, self.preset.transformer.num_layers - 1)
+            return ControlNetDenoiser(split, controlnet, control.to(self.device), control_scale, max(blocks, 1))
+        if pag:
+            return self.provider.step_denoiser("transformer_pag", plan.height, plan.width, rows)
+        return self.provider.denoiser(plan.height, plan.width, rows)
 
     def _encode_images(
         self, images: list, plan: SizePlan, batch: int, what: str, backends: dict, seconds: dict

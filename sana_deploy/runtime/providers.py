@@ -32,6 +32,8 @@ from sana_deploy.runners import Runner
 from sana_deploy.runners.weights import WeightSwapError
 from sana_deploy.runtime.denoiser import Denoiser, OneGraphDenoiser, SplitDenoiser
 
+TEXT_GRAPH = SPLIT_TRANSFORMER[0]
+
 RUNTIME_BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "aoti", "tensorrt", "tensorrt-rtx")
 _CUDA_ONLY = ("tensorrt", "tensorrt-rtx")
 
@@ -50,6 +52,7 @@ class StageProvider(ABC):
     """``runner(component, height, width, batch) -> Runner``, and the denoiser built from those runners."""
 
     kv_cache: bool = True
+    controlnet_layers: int = 0  # blocks of the ControlNet this provider serves (0: none loaded)
 
     @abstractmethod
     def runner(self, component: str, height: int, width: int, batch: int) -> Runner:
@@ -72,6 +75,13 @@ class StageProvider(ABC):
         runner = self.runner("transformer", height, width, batch)
         self.sync_weights([runner])
         return OneGraphDenoiser(runner)
+
+    def step_denoiser(self, step: str, height: int, width: int, batch: int) -> SplitDenoiser:
+        """The caption K/V split with another per-step graph (``transformer_control`` for a ControlNet,
+        ``transformer_pag`` for PAG): the variants run on the split whatever ``kv_cache`` says."""
+        text, cached = self.runner(TEXT_GRAPH, height, width, batch), self.runner(step, height, width, batch)
+        self.sync_weights([text, cached])
+        return SplitDenoiser(text, cached)
 
     # --- transformer weight swaps (LoRA) ------------------------------------------------------------------------
     def set_weight_deltas(self, deltas: Mapping[str, torch.Tensor]) -> None:
@@ -182,6 +192,7 @@ class EngineStages(StageProvider):
     build_kwargs: dict = field(default_factory=dict)
     kv_cache: bool = True
     build_backend: str = ""  # what a miss builds ("auto" resolved to a backend whose engines run here)
+    component_models: dict[str, str] = field(default_factory=dict)  # cache model of other weights' graphs (ControlNet)
     events: list[dict] = field(default_factory=list)  # (component, shape, engine key or "fallback"), newest last
     _runners: dict[str, Runner] = field(default_factory=dict, repr=False)
     _fallback: StageProvider | None = field(default=None, repr=False)
@@ -204,7 +215,10 @@ class EngineStages(StageProvider):
         if self.precision:
             kwargs["precision"] = self.precision
         find = None if self.backend == "auto" else self.backend  # auto: any engine that runs here
-        entry = resolve(self.cache, self.model_id, component, height, width, batch, self.policy, find, **kwargs)
+        model = self.component_models.get(component, self.model_id)  # a ControlNet's engines: under its own name
+        entry = resolve(
+            self.cache, model, component, height, width, batch, self.policy, find, build_model=self.model_id, **kwargs
+        )
         shape = {"height": height, "width": width, "batch": batch}
         if entry is None:  # background build started (or running): serve from the fallback
             self._record(component, shape, "fallback")

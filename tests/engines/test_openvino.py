@@ -9,7 +9,7 @@ import pytest
 import torch
 from engine_helpers import pixel_sizes, rel_err, torch_reference
 
-from sana_deploy.contract import ALL_COMPONENTS
+from sana_deploy.contract import BASE_GRAPHS
 from sana_deploy.engines import EngineCache, build_engines, load_runner
 from sana_deploy.engines.backends import BACKENDS, EngineBuildError
 
@@ -28,7 +28,7 @@ def ov_engines(export_root, tmp_path_factory):
     for precision in ("fp32", "bf16"):
         build_engines(
             "sana-tiny", "512", backend="openvino", precision=precision, engine_dir=root, export_root=export_root,
-            components=ALL_COMPONENTS, progress=False,
+            components=BASE_GRAPHS, progress=False,
         )  # fmt: skip
     return EngineCache(root)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from engine_helpers import pixel_sizes, rel_err, torch_reference
 
-from sana_deploy.contract import ALL_COMPONENTS, PIPELINE_COMPONENTS
+from sana_deploy.contract import BASE_GRAPHS, PIPELINE_COMPONENTS
 from sana_deploy.engines import EngineCache, build_engines, load_runner
 from sana_deploy.engines.backends import EngineBuildError
 from sana_deploy.engines.resolve import resolve
@@ -35,7 +35,7 @@ def ort_engines(export_root, tmp_path_factory):
     root = tmp_path_factory.mktemp("ort-engines")
     entries = build_engines(
         "sana-tiny", "512,1024,2048,4096", backend="onnxruntime", engine_dir=root, export_root=export_root,
-        components=ALL_COMPONENTS, progress=False,
+        components=BASE_GRAPHS, progress=False,
     )  # fmt: skip
     return root, entries
 

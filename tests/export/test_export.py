@@ -17,7 +17,8 @@ from sana_deploy.models.random import random_components
 
 def test_all_components_match_pytorch(tiny_export):
     _, results = tiny_export
-    assert set(results) == {"transformer", "vae", "text_encoder", "transformer_text", "transformer_cached"}
+    graphs = {"transformer", "vae", "vae_encoder", "text_encoder", "transformer_text", "transformer_cached"}
+    assert set(results) == graphs
     for comp, r in results.items():
         assert len(r.parity) >= 3, comp
         for p in r.parity:
