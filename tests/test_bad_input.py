@@ -557,6 +557,29 @@ CASES: list[Case] = [
         prelude=_readonly_fs("ro"),
     ),
     # --- serve (start-up checks: it must refuse to start) ---
+    Case("quantize-unknown-mode", ("quantize", "--mode", "int4"), "Invalid value for '--mode'"),
+    Case(
+        "quantize-empty-calib-set",
+        ("quantize", "--mode", "int8", "--calib-prompts", "p.txt"),
+        "--calib-prompts",
+        _write("p.txt", "\n# only a comment\n"),
+    ),
+    Case(
+        "quantize-binary-calib-set",
+        ("quantize", "--mode", "int8", "--calib-prompts", "p.bin"),
+        "not a text file",
+        _write("p.bin", b"a\x00\xff"),
+    ),
+    Case(
+        "quantize-calib-steps-zero",
+        ("quantize", "--mode", "int8", "--calib-steps", "0"),
+        "Invalid value for '--calib-steps'",
+    ),
+    Case(
+        "quantize-calib-size-odd",
+        ("quantize", "--mode", "int8", "--calib-size", "300"),
+        "--calib-size must be a multiple of 32",
+    ),
     Case("serve-max-n-zero", (*SERVE, "--max-n", "0"), "--max-n", timeout=SERVE_TIMEOUT_S),
     Case("serve-lora-dir-missing", (*SERVE, "--lora-dir", "nope"), "--lora-dir", timeout=SERVE_TIMEOUT_S),
     Case(
