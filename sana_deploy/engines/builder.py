@@ -8,7 +8,6 @@ building, leftovers of killed builds and finished background builds are removed 
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import time
@@ -156,9 +155,10 @@ def _keeps_lora_base(component: str, backend: str, options: BuildOptions) -> boo
 
 
 def _stage_refit(export: Export, staging: Path) -> list[str]:
-    """A weight-stripped plan is refitted at load from the ONNX it was built from: the entry keeps that ONNX (a
-    hard link to the export when the file system allows, else a copy) in ``refit/``, so loading never reads a path
-    recorded in meta.json. Returns the file names (``refit_files``)."""
+    """A weight-stripped plan is refitted at load from the ONNX it was built from: the entry keeps a copy of that
+    ONNX in ``refit/``, so loading never reads a path recorded in meta.json. A copy, not a hard link: onnx (1.19+)
+    refuses to load external data whose file has more than one link, which would break ``onnx.load`` of the export
+    itself. Returns the file names (``refit_files``)."""
     folder = staging / "refit"
     folder.mkdir()
     files = list(export.manifest["files"])
@@ -166,10 +166,7 @@ def _stage_refit(export: Export, staging: Path) -> list[str]:
         if not is_plain_name(name):
             fail(f"The export manifest of {export.onnx_path} lists {name!r}, which is not a file name; re-export it.")
         src, dst = export.onnx_path.parent / name, folder / name
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copyfile(src, dst)
+        shutil.copyfile(src, dst)
     weight_map = export.onnx_path.parent / WEIGHT_MAP_FILE  # where each LoRA-targetable weight lives in it
     if weight_map.is_file():
         shutil.copyfile(weight_map, folder / WEIGHT_MAP_FILE)

@@ -11,7 +11,6 @@ quantization recipes find "the linear attention of block 3" by these.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -90,8 +89,9 @@ def module_scope(node: onnx.NodeProto) -> str:
 
 
 def write_inlined(onnx_path: Path, folder: Path, name: str = "inlined.onnx") -> Path:
-    """``onnx_path`` inlined into ``folder/name``, its external data files linked (or copied) beside it so the
-    references resolve; returns the new path. Used where a consumer reads ONNX from a file (OpenVINO)."""
+    """``onnx_path`` inlined into ``folder/name``, its external data files copied beside it so the references
+    resolve (not hard-linked: onnx refuses to load external data whose file has more than one link); returns the
+    new path. Used where a consumer reads ONNX from a file (OpenVINO)."""
     onnx_path, folder = Path(onnx_path), Path(folder)
     model = onnx.load(str(onnx_path), load_external_data=False)
     out = folder / name
@@ -100,10 +100,7 @@ def write_inlined(onnx_path: Path, folder: Path, name: str = "inlined.onnx") -> 
         src, dst = onnx_path.parent / location, folder / location
         if dst.exists():
             continue
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copyfile(src, dst)
+        shutil.copyfile(src, dst)
     return out
 
 

@@ -154,8 +154,8 @@ def onnx_initializers(path: str | Path, names: set[str] | None = None) -> dict[s
 
 
 def _external_array(t, folder: Path) -> np.ndarray:  # noqa: ANN001 (onnx.TensorProto)
-    """An external initializer read from a file *in the graph's own folder* (a plain file name only). onnx's own
-    reader refuses hard-linked data files, which is how an engine entry keeps its copy of the export."""
+    """An external initializer read from a file *in the graph's own folder* (a plain file name only), checked
+    here rather than trusted to the caller."""
     from onnx.helper import tensor_dtype_to_np_dtype
 
     info = {e.key: e.value for e in t.external_data}

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import onnx
 import pytest
 from click.testing import CliRunner
 
@@ -170,6 +171,9 @@ def test_a_weight_stripped_entry_refits_only_from_its_own_copy(tmp_path, export_
     entry_dir.mkdir(parents=True)
     files = _stage_refit(export, entry_dir)
     assert files == export.manifest["files"] and (entry_dir / "refit" / "model.onnx").is_file()
+    # copies, not hard links: onnx refuses external data with several links, so the export must stay loadable
+    assert all((folder / name).stat().st_nlink == 1 for name in files)
+    onnx.load(str(folder / "model.onnx"), load_external_data=True)
     meta = {"flags": {"strip_weights": True}, "refit_files": files, "onnx_sha256": export.manifest["onnx_sha256"],
             "onnx_path": "/elsewhere/model.onnx"}  # fmt: skip
     assert EngineCache._refit_problems(entry_dir, meta) == []
