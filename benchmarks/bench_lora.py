@@ -126,7 +126,7 @@ def main() -> None:
     if args.child:
         _child(json.loads(args.child))
         return
-    results = {}
+    results, load_before = {}, os.getloadavg()
     for backend in args.backends.split(","):
         with tempfile.TemporaryDirectory(prefix="bench-lora-") as tmp:
             spec = {
@@ -154,7 +154,8 @@ def main() -> None:
             "processor": platform.processor(),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
-            "load_before": os.getloadavg(),
+            "load_before": load_before,
+            "load_after": os.getloadavg(),
         },
         "results": results,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
