@@ -239,3 +239,26 @@ def test_every_lora_target_is_swappable(pipe) -> None:
         if n.endswith(".weight") and (len(s) == 2 or s[2:] == (1, 1))
     }
     assert want - held == set()
+
+
+def test_a_new_adapter_adds_no_runner_calls(pipe, adapters, monkeypatch) -> None:
+    """The first request with an adapter runs exactly the calls of a request without one (no warm-up, no extra
+    steps, no re-export): the swap is all it adds."""
+    pipe.unload_lora_weights()
+    _run(pipe, resolution_binning=False)  # every runner loaded
+    calls: list[str] = []
+    for cls in {type(r) for r in pipe.provider.loaded_transformer_runners()}:
+        inner = cls.infer
+
+        def counted(self, inputs, _inner=inner):  # noqa: ANN001, ANN202
+            calls.append(self.component)
+            return _inner(self, inputs)
+
+        monkeypatch.setattr(cls, "infer", counted)
+    _run(pipe, resolution_binning=False)
+    base = sorted(calls)
+    calls.clear()
+    pipe.load_lora_weights(adapters["b"], adapter_name="b")
+    _run(pipe, resolution_binning=False)
+    assert base and sorted(calls) == base
+    pipe.unload_lora_weights()
