@@ -32,12 +32,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from sana_deploy.bench import bench
 from sana_deploy.bench.case import PROMPT, BenchCase
 from sana_deploy.bench.contenders import CaseContext, parse_backends
 from sana_deploy.bench.harness import load_case_components
+from sana_deploy.bench.quality import per_step_errors, psnr
 from sana_deploy.bench.report import markdown as bench_markdown
 from sana_deploy.bench.report import write_json
 from sana_deploy.export.quantized import QUALITY_BOUNDS
@@ -63,28 +63,6 @@ def cell_precision(label: str) -> str:
     if "precision=" in label:
         return label.split("precision=")[1].split(",")[0].rstrip("]")
     return "fp32"
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
-
-
-def per_step_errors(pipe: SanaDeployPipeline, held, size: int) -> tuple[list[float], list[float]]:  # noqa: ANN001
-    """Each step's transformer output on the fp32 run's recorded inputs, against the fp32 output."""
-    denoiser = pipe.provider.denoiser(size, size, 2)
-    text = held.texts[0]
-    cond = denoiser.prepare(text["encoder_hidden_states"], text["encoder_attention_mask"])
-    errors, timesteps = [], []
-    for step in held.steps:
-        out = denoiser(step["latent"], step["timestep"], cond).float()
-        errors.append(rel_l2(out, step["noise_pred"]))
-        timesteps.append(float(step["timestep"][0]))
-    return errors, timesteps
 
 
 def request(pipe: SanaDeployPipeline, prompt: str, args: argparse.Namespace):  # noqa: ANN201

@@ -16,6 +16,8 @@
 #   bash benchmarks/gpu.sh pipeline sprint-0.6b-1024  # Sana-Sprint 0.6B, 1024², 2 steps, end to end (vs diffusers'
 #                                                 # SanaSprintPipeline eager); run(carry=["benchmarks/wheels"])
 #   bash benchmarks/gpu.sh pipeline all           # every case in sequence (only where there is no per-command limit)
+#   bash benchmarks/gpu.sh fp8 1.6b-1024           # FP8 vs bf16 (torch and aoti), speed + quality; run(carry=
+#                                                 # ["benchmarks/wheels"]); 1.6b-4k with --no-aoti --stages step
 # Results go to $OUT (the device's return folder) when set, else benchmarks/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,6 +73,22 @@ pipeline() {
 }
 
 # ---------------------------------------------------------------------------------------------------------------
+# fp8: the transformer blocks' linear layers in FP8 (torch._scaled_mm, row-wise scales; needs compute capability
+# 8.9+) against bf16, through the product pipeline: torch vs torch[quantize=fp8] vs aoti vs aoti[precision=fp8]
+# (+ diffusers eager bf16), then quality against bf16 (transformer rel L2 at every solver timestep, image PSNR).
+# Cases (benchmarks/bench_fp8.py CASES): 0.6b-1024, 1.6b-1024, 1.6b-4k. Estimates on one H100/H200 (unmeasured):
+# 1.6b-1024 ~5-7 min (two AOTInductor compiles); 1.6b-4k ~4-6 min with --no-aoti --stages step.
+# Needs the carried diffusers wheel (the baseline and the random DC-AE): run(carry=["benchmarks/wheels"]).
+fp8() {
+    local case="${1:?usage: gpu.sh fp8 CASE [bench_fp8.py options]}"
+    shift
+    mkdir -p "$RESULTS"
+    python -c "import diffusers" 2>/dev/null \
+        || python -m pip install --quiet --no-index --no-deps benchmarks/wheels/diffusers-*.whl
+    python benchmarks/bench_fp8.py --case "$case" --out-dir "$RESULTS" "$@"
+}
+
+# ---------------------------------------------------------------------------------------------------------------
 # quick: everything above that fits one 15-minute device lease (machine start included), in one command of at most
 # 8 minutes (QUICK_BUDGET_S, default 480). benchmarks/gpu_quick.py runs the parts, prints a table of estimates first,
 # skips a part when elapsed + its estimate would pass the budget, stops one still running at the budget, and writes
@@ -105,8 +123,9 @@ case "$cmd" in
     setup) setup "$@" ;;
     kernels) kernels "$@" ;;
     pipeline) pipeline "$@" ;;
+    fp8) fp8 "$@" ;;
     quick) quick "$@" ;;
     wheels) wheels "$@" ;;
-    *) echo "usage: bash benchmarks/gpu.sh {quick [--dry-run]|wheels|setup|kernels [options]|pipeline CASE|all}" >&2
+    *) echo "usage: bash benchmarks/gpu.sh {quick [--dry-run]|wheels|setup|kernels [options]|pipeline CASE|all|fp8 CASE}" >&2
        exit 2 ;;
 esac

@@ -446,6 +446,11 @@ CASES: list[Case] = [
     Case("build-rtx-for-hopper", ("build", "--targets", "sm90", "--backend", "tensorrt-rtx"), "no Hopper"),
     Case("build-engine-dir-is-a-file", ("build", "--engine-dir", "f"), "not a folder", _write("f", "x")),
     Case(
+        "build-aoti-fp8-without-fp8-gpu",
+        ("build", "--backend", "aoti", "--quantize", "fp8", "--engine-dir", "e"),
+        "FP8 GEMMs for this machine's GPU",
+    ),
+    Case(
         "build-backend-package-missing",
         ("build", "--backend", "aoti", "--engine-dir", "e"),
         "pip install 'sana-deploy[aoti]'",

@@ -52,7 +52,8 @@ def _csv(values: str | None) -> tuple[str, ...] | None:
     type=click.Choice(QUANT_MODES),
     default=None,
     help="Quantized transformer graphs (sana-deploy quantize; calibrates on the built-in prompts when none exist): "
-    "int8 for onnxruntime/openvino (and tensorrt with a modelopt recipe), fp8 for tensorrt/tensorrt-rtx.",
+    "int8 for onnxruntime/openvino (and tensorrt with a modelopt recipe), fp8 for tensorrt/tensorrt-rtx, and for "
+    "aoti (FP8 linear layers, no calibration; a GPU of compute capability 8.9+).",
 )
 @click.option("--recipe", default=None, help="Quantization recipe name or digest prefix [the newest that runs].")
 @click.option("--max-batch", type=int, default=1, show_default=True, help="Images per request (engines take 2x: CFG).")

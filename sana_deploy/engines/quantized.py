@@ -17,6 +17,7 @@ from sana_deploy.export.quantized import (
     BACKENDS,
     QUANT_MODES,
     QUANTIZABLE,
+    SELF_QUANTIZING,
     QuantizeError,
     check_backend,
     find_quantized,
@@ -54,19 +55,26 @@ def quant_options(backend: Backend, options: BuildOptions, mode: str | None) -> 
                 f"{','.join(FP8_TARGETS[:2])} (Ada, Blackwell), or --quantize int8 for {','.join(bad)}.",
                 QuantizeError,
             )
-    if mode == "fp8" and backend.name == "tensorrt":
+    if mode == "fp8" and backend.name in ("tensorrt", "aoti"):
         device = backend.target_device(options)
         if device.startswith("sm") and int(device[2:]) < 89:
             fail(f"--quantize fp8 needs compute capability 8.9+ (FP8); this GPU is {device}.", QuantizeError)
+        if backend.name == "aoti" and not device.startswith("sm"):  # aoti compiles for the machine it runs on
+            fail(
+                f"--backend {backend.name} --quantize fp8 compiles FP8 GEMMs for this machine's GPU, and it has "
+                f"none ({device}). Build on a CUDA GPU of compute capability 8.9+ (Ada, Hopper, Blackwell); on a "
+                f"CPU use --quantize int8 with onnxruntime or openvino.",
+                QuantizeError,
+            )
     return options
 
 
 def quantized_export(
     root: Path, component: str, mode: str, recipe: str | None, weights_sha256: str, backend: str, model: str
 ) -> tuple[Path, dict] | None:
-    """The Q/DQ export of ``component`` a build uses (None for graphs that are never quantized), or an error with
-    the command that writes it."""
-    if component not in QUANTIZABLE:
+    """The Q/DQ export of ``component`` a build uses (None for graphs that are never quantized, and for backends
+    that quantize the PyTorch model themselves), or an error with the command that writes it."""
+    if component not in QUANTIZABLE or backend in SELF_QUANTIZING[mode]:
         return None
     tools = tuple(t for (m, t), backends in BACKENDS.items() if m == mode and backend in backends)
     found = find_quantized(root, component, mode, recipe, weights_sha256, tools)

@@ -43,6 +43,9 @@ BACKENDS = {
     ("fp8", "modelopt"): ("tensorrt", "tensorrt-rtx"),
     ("fp8", "onnxruntime"): ("tensorrt", "tensorrt-rtx"),
 }
+# backends that quantize the PyTorch model themselves (no Q/DQ graph, nothing to calibrate): aoti's FP8 layers
+# with dynamic per-row scales (sana_deploy.models.fp8)
+SELF_QUANTIZING = {"fp8": ("aoti",), "int8": ()}
 # transformer output relative L2 error against fp32, per solver step: the bounds quality is held to
 QUALITY_BOUNDS = {"int8": 3e-2, "fp8": 5e-2, "bf16": 1e-2}
 QUANTIZABLE = ("transformer_text", "transformer_cached", "transformer")
@@ -95,10 +98,12 @@ def check_backend(mode: str, backend: str, tool: str | None = None) -> None:
     runs_on = {b for (m, t), bs in BACKENDS.items() if m == mode and (tool is None or t == tool) for b in bs}
     if backend in runs_on:
         return
+    if mode == "fp8" and backend in SELF_QUANTIZING["fp8"] and tool is None:
+        return
     if mode == "fp8":
         fail(
-            f"--quantize fp8 needs a backend with fp8 kernels: tensorrt or tensorrt-rtx (FP8 tensor cores, compute "
-            f"capability 8.9+); {backend} has none. On a CPU use --quantize int8 (onnxruntime, openvino) or "
+            f"--quantize fp8 needs a backend with fp8 kernels: tensorrt, tensorrt-rtx or aoti (FP8 tensor cores, "
+            f"compute capability 8.9+); {backend} has none. On a CPU use --quantize int8 (onnxruntime, openvino) or "
             f"--backend openvino --precision bf16.",
             QuantizeError,
         )

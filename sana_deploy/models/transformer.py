@@ -18,9 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from sana_deploy.models.config import LINEAR_HEAD_DIM, TransformerConfig
+from sana_deploy.models.fp8 import Float8Linear
 from sana_deploy.plugins.linear_attention import linear_attention
 from sana_deploy.plugins.linear_attention.ref import FP16_MAX
 from sana_deploy.plugins.mix_ffn import mix_ffn
+from sana_deploy.plugins.mix_ffn.ref import dw_glu_ref
 
 TIMESTEP_CHANNELS = 256
 
@@ -73,6 +75,9 @@ class MixFFN(nn.Module):
         self.conv_point = nn.Conv2d(hidden, dim, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, H, W, C)
+        if isinstance(self.conv_inverted, Float8Linear):  # FP8 1x1 convs (models/fp8.py): GEMMs around the middle
+            h = dw_glu_ref(self.conv_inverted.linear(x), self.conv_depth.weight, self.conv_depth.bias)
+            return self.conv_point.linear(h)
         return mix_ffn(
             x,
             self.conv_inverted.weight.flatten(1),

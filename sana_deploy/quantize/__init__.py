@@ -255,11 +255,11 @@ def ensure_quantized(
     """What ``sana-deploy build --quantize MODE`` runs first: nothing when every transformer graph of the build has
     a ``mode`` export the backend runs (the builder picks the newest and checks its weights), else a calibration
     with the defaults (built-in prompts, 20 steps at 512²); returns the recipe name it wrote, or None."""
-    from sana_deploy.export.quantized import BACKENDS
+    from sana_deploy.export.quantized import BACKENDS, SELF_QUANTIZING
 
     check_backend(mode, backend)  # before a calibration that could not be used
     names = tuple(c for c in components if c in QUANTIZABLE)
-    if not names:
+    if not names or backend in SELF_QUANTIZING[mode]:  # it quantizes the PyTorch model itself: no Q/DQ graph
         return None
     root = Path(export_root) if export_root is not None else default_export_root(model)
     tools = tuple(t for (m, t), backends in BACKENDS.items() if m == mode and backend in backends)

@@ -85,12 +85,17 @@ def record_calibration(
     sampler: str = "flow-dpm-solver",
     negative_prompt: str = "",
     progress: Callable[[str], None] = lambda m: None,
+    precision: str = "fp32",
+    device: str = "cpu",
 ) -> CalibrationSet:
-    """Run the pipeline on every prompt (seed ``seed + i``, ``size`` x ``size``) and record the transformer inputs."""
+    """Run the pipeline on every prompt (seed ``seed + i``, ``size`` x ``size``) and record the transformer inputs.
+
+    ``precision``/``device``: the torch pipeline the reference runs on (calibration: fp32 on the CPU; a GPU
+    quality measurement records its bf16 reference on the GPU). They are not part of the calibration definition."""
     calib = CalibrationSet(
         calibration_definition(components, prompts, steps, size, seed, guidance_scale, sampler, negative_prompt)
     )
-    pipe = SanaDeployPipeline.from_components(components, backend="torch", precision="fp32")
+    pipe = SanaDeployPipeline.from_components(components, backend="torch", precision=precision, device=device)
     pipe.prompt_cache = None
     provider = pipe.provider
     current: dict = {}

@@ -34,6 +34,7 @@ from sana_deploy.export import SPECS, ensure_export
 from sana_deploy.models.components import SanaComponents
 from sana_deploy.models.config import PRESETS, TINY_PRESETS, SanaPreset, get_preset
 from sana_deploy.models.controlnet import check_fits, controlnet_id, folder_config, load_controlnet
+from sana_deploy.models.fp8 import to_fp8_
 from sana_deploy.models.loaders import load_components, load_diffusers_folder, load_tokenizer
 from sana_deploy.models.tokenizer import byte_tokenizer
 from sana_deploy.runners import OrtOptions, OrtRunner, Runner, TorchRunner
@@ -109,8 +110,13 @@ def fixed_stages(
     ort_options: OrtOptions | None = None,
     kernels: str | None = None,
     variants: tuple[str, ...] = (),
+    quantize: str | None = None,
 ) -> FixedStages:
     """Runners over already loaded (and cast) components: eager torch, or ONNX Runtime over their exports.
+
+    ``quantize="fp8"`` (torch only): the transformer's (and a ControlNet's) block linear layers made FP8 in place
+    (:mod:`sana_deploy.models.fp8`; FP8 tensor cores on a GPU of compute capability 8.9+, an fp32 emulation
+    elsewhere). Quantized ONNX graphs are engines: ``build --quantize``.
 
     ``variants``: graphs of the variants to export up front too (``transformer_pag``, ``transformer_control``,
     ``controlnet``; a loaded ControlNet's two always are); the others are exported on first use when the modules
@@ -123,6 +129,11 @@ def fixed_stages(
     every weight twice (at real size Gemma-2 alone is 10 GB in fp32).
     """
     check_fixed_backend(backend)
+    check_fixed_quantize(backend, quantize)
+    if quantize == "fp8":
+        for module in (comps.transformer, comps.controlnet):
+            if module is not None:
+                to_fp8_(module)
     if backend == "torch":
         runners = {c: (lambda c=c: torch_runner(comps, c, precision, kernels)) for c in ALL_COMPONENTS}
         return _with_controlnet(FixedStages(runners, vae_module=comps.vae, kv_cache=kv_cache), comps)
@@ -170,6 +181,22 @@ def variant_graphs(variants: tuple[str, ...] | str, comps: SanaComponents) -> tu
 def check_fixed_backend(backend: str) -> None:
     if backend not in FIXED_BACKENDS:
         fail(f"from_model runs backend torch or onnxruntime, got {backend!r}; engines come from from_engines().")
+
+
+def check_fixed_quantize(backend: str, quantize: str | None) -> None:
+    """from_model/from_components quantize only on torch, and only to FP8 (dynamic scales, nothing to calibrate)."""
+    if quantize is None:
+        return
+    if quantize != "fp8":
+        fail(
+            f"quantize={quantize!r} on backend {backend}: int8 needs calibrated graphs. Run `sana-deploy build "
+            f"--backend onnxruntime|openvino --quantize int8` and use from_engines(), or quantize='fp8' on torch."
+        )
+    if backend != "torch":
+        fail(
+            f"quantize='fp8' runs on backend torch (FP8 layers in PyTorch); for {backend} build FP8 engines: "
+            f"`sana-deploy build --backend tensorrt|tensorrt-rtx|aoti --quantize fp8`."
+        )
 
 
 def tokenizer_and_preset(model: str | Path, random_weights: bool) -> tuple[object, SanaPreset, str]:

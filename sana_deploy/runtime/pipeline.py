@@ -29,6 +29,7 @@ from sana_deploy.runners import OrtOptions
 from sana_deploy.runtime.assemble import (
     cast_components,
     check_fixed_backend,
+    check_fixed_quantize,
     engine_provider,
     fixed_stages,
     load_model,
@@ -166,6 +167,7 @@ class SanaDeployPipeline(LoraMixin):
         kernels: str | None = None,
         controlnet: str | Path | None = None,
         variants: tuple[str, ...] = (),
+        quantize: str | None = None,
         **kwargs,
     ) -> SanaDeployPipeline:
         """Eager torch (``backend="torch"``) or ONNX Runtime over the ONNX exports (``backend="onnxruntime"``;
@@ -173,8 +175,10 @@ class SanaDeployPipeline(LoraMixin):
         the one-graph transformer. ``kernels``: torch's ``sana::`` op implementation (default: Triton on a GPU).
         ``controlnet``: a Sana ControlNet folder (diffusers layout) for ``control_image`` requests. ``variants``:
         onnxruntime exports these variant graphs up front too (``("transformer_pag",)`` for PAG requests), since it
-        releases the transformer once its graphs are exported."""
+        releases the transformer once its graphs are exported. ``quantize="fp8"`` (torch): FP8 transformer
+        linear layers (docs/QUANTIZATION.md)."""
         check_fixed_backend(backend)
+        check_fixed_quantize(backend, quantize)
         comps = load_model(model, precision, random_weights, preset, device, controlnet)
         provider = fixed_stages(
             comps,
@@ -186,6 +190,7 @@ class SanaDeployPipeline(LoraMixin):
             ort_options=ort_options,
             kernels=kernels,
             variants=variants,
+            quantize=quantize,
         )
         return cls(provider, comps.tokenizer, comps.preset, comps.model_id, device=device, **kwargs)
 
@@ -201,15 +206,18 @@ class SanaDeployPipeline(LoraMixin):
         ort_options: OrtOptions | None = None,
         kernels: str | None = None,
         variants: tuple[str, ...] = (),
+        quantize: str | None = None,
         **kwargs,
     ) -> SanaDeployPipeline:
         """Over already loaded components (cast in place to the precision policy of ``precision``); a ControlNet in
-        ``components.controlnet`` serves ``control_image`` requests."""
+        ``components.controlnet`` serves ``control_image`` requests. ``quantize="fp8"`` (torch) makes the
+        transformer's block linear layers FP8 in place."""
         check_fixed_backend(backend)
+        check_fixed_quantize(backend, quantize)
         comps = cast_components(components, precision, device)
         provider = fixed_stages(
             comps, backend, precision, export_dir, kv_cache=kv_cache, ort_options=ort_options, kernels=kernels,
-            variants=variants,
+            variants=variants, quantize=quantize,
         )  # fmt: skip
         return cls(provider, comps.tokenizer, comps.preset, comps.model_id, device=device, **kwargs)
 

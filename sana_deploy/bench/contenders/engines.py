@@ -18,7 +18,8 @@ import torch
 from sana_deploy.bench.case import DECODE_STAGES, BenchCase
 from sana_deploy.bench.contenders.base import CaseContext, PipelineContender, Prepared
 from sana_deploy.contract import pipeline_components
-from sana_deploy.errors import SanaDeployError
+from sana_deploy.errors import SanaDeployError, fail
+from sana_deploy.models.fp8 import fp8_supported
 from sana_deploy.runtime.pipeline import SanaDeployPipeline
 
 
@@ -97,9 +98,28 @@ class EngineContender(PipelineContender):
 
 
 class AotiContender(EngineContender):
+    """Option ``precision=fp8``: packages with the transformer blocks' linear layers in FP8 (the rest bf16; a CUDA
+    GPU of compute capability 8.9+), built with ``build --backend aoti --quantize fp8``."""
+
     name = "aoti"
     description = "SanaDeployPipeline over AOTInductor packages"
     needs_cuda = False
+    option_names = ("split", "precision")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.options.get("precision") not in (None, "fp8"):
+            fail(f"aoti option precision={self.options['precision']!r}: only fp8 (else the case's precision).")
+
+    def engine_precision(self, case: BenchCase) -> str:
+        return self.options.get("precision", case.precision)
+
+    def unavailable(self, case: BenchCase) -> str | None:
+        if self.options.get("precision") == "fp8":
+            ok, why = fp8_supported()
+            if not ok or not case.device.startswith("cuda"):
+                return f"FP8 packages need --device cuda on a GPU with FP8 tensor cores ({why})"
+        return super().unavailable(case)
 
 
 class RtxContender(EngineContender):

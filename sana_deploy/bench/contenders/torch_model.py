@@ -1,14 +1,21 @@
 """``torch``: the product pipeline over sana-deploy's eager PyTorch modules (``SanaDeployPipeline.from_components``,
 ``backend="torch"``).
 
-Options (``torch[kernels=reference,split=0]``):
-  kernels  the ``sana::`` op implementation (default: Triton on a CUDA GPU with triton installed, else reference)
-  split    1: caption K/V once per request + the cached step graph (default); 0: the one-graph transformer
+Options (``torch[kernels=reference,split=0,quantize=fp8]``):
+  kernels   the ``sana::`` op implementation (default: Triton on a CUDA GPU with triton installed, else reference)
+  split     1: caption K/V once per request + the cached step graph (default); 0: the one-graph transformer
+  quantize  fp8: the transformer blocks' linear layers in FP8 (``sana_deploy.models.fp8``; a CUDA GPU of compute
+            capability 8.9+)
 """
 
 from __future__ import annotations
 
+import copy
+
+from sana_deploy.bench.case import BenchCase
 from sana_deploy.bench.contenders.base import CaseContext, PipelineContender, Prepared
+from sana_deploy.errors import fail
+from sana_deploy.models.fp8 import fp8_supported
 from sana_deploy.runtime.assemble import default_kernels
 from sana_deploy.runtime.pipeline import SanaDeployPipeline
 
@@ -16,12 +23,31 @@ from sana_deploy.runtime.pipeline import SanaDeployPipeline
 class TorchContender(PipelineContender):
     name = "torch"
     description = "SanaDeployPipeline over sana-deploy's PyTorch modules, eager, our kernels"
-    option_names = ("kernels", "split")
+    option_names = ("kernels", "split", "quantize")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.options.get("quantize") not in (None, "fp8"):
+            fail(f"torch option quantize={self.options['quantize']!r}: only fp8 (FP8 linear layers) is offered.")
+
+    def unavailable(self, case: BenchCase) -> str | None:
+        if self.options.get("quantize") == "fp8":
+            ok, why = fp8_supported()
+            if not ok or not case.device.startswith("cuda"):
+                return f"FP8 layers need --device cuda on a GPU with FP8 tensor cores ({why})"
+        return super().unavailable(case)
 
     def make_pipeline(self, ctx: CaseContext) -> tuple[SanaDeployPipeline, Prepared]:
         case = ctx.case
         kernels = self.options.get("kernels") or default_kernels()
+        quantize = self.options.get("quantize")
+        comps = ctx.comps
+        if quantize:  # FP8 layers replace the transformer's in place: on a copy, the other contenders keep theirs
+            comps = copy.copy(comps)
+            comps.transformer = copy.deepcopy(comps.transformer)
         pipe = SanaDeployPipeline.from_components(
-            ctx.comps, "torch", case.precision, device=case.device, kv_cache=self.split, kernels=kernels
-        )
-        return pipe, Prepared(notes=[f"kernels={kernels}"], build_cached=None)
+            comps, "torch", case.precision, device=case.device, kv_cache=self.split, kernels=kernels,
+            quantize=quantize,
+        )  # fmt: skip
+        notes = [f"kernels={kernels}"] + ([f"{quantize} linear layers in the transformer blocks"] if quantize else [])
+        return pipe, Prepared(notes=notes, build_cached=None)

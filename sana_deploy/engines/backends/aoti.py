@@ -18,6 +18,7 @@ package is refused, never cached.
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from sana_deploy.engines.backends.base import Backend, BuildJob, BuildOptions, BuildOutput, EngineBuildError
 from sana_deploy.engines.devices import cuda_available, current_device
 from sana_deploy.errors import SanaDeployError, fail
+from sana_deploy.models.fp8 import to_fp8_
 
 ARTIFACT = "model.pt2"
 
@@ -117,7 +119,8 @@ def self_check(path: str, program, spec, components, job: BuildJob, device: str)
             EngineBuildError,
         )
     rel = ((got.float() - expected.float()).abs().max() / expected.float().abs().max().clamp_min(1e-30)).item()
-    if not rel <= 1e-3:
+    # FP8 layers quantize each call's activations: a fused kernel may round a value to the neighbouring e4m3 step
+    if not rel <= (2e-2 if job.precision == "fp8" else 1e-3):
         fail(
             f"AOTInductor package for {job.component} [{job.profile.name}] disagrees with the traced model at "
             f"{sizes} (max rel err {rel:.2e}); build it --static or with another backend.",
@@ -139,7 +142,7 @@ class AotiBackend(Backend):
         return current_device()
 
     def build(self, job: BuildJob) -> BuildOutput:
-        from sana_deploy.contract import component_dtype
+        from sana_deploy.contract import CONTROLNET, component_dtype, module_of
         from sana_deploy.export import SPECS
         from sana_deploy.plugins.registry import use_kernels
 
@@ -148,8 +151,13 @@ class AotiBackend(Backend):
         components = job.components_loader()
         spec = SPECS[job.component](components)
         device = "cuda" if cuda_available() else "cpu"
-        dtype = component_dtype(job.component, job.precision)
-        module = spec.wrap(components).to(device=device, dtype=dtype).eval()
+        fp8 = job.precision == "fp8"  # bf16, with the transformer blocks' linear layers in FP8
+        dtype = torch.bfloat16 if fp8 else component_dtype(job.component, job.precision)
+        module = spec.wrap(components)
+        if fp8 and module_of(job.component) in ("transformer", CONTROLNET):
+            module = copy.deepcopy(module)  # the loaded model stays as it is for the build's other graphs
+            to_fp8_(module)
+        module = module.to(device=device, dtype=dtype).eval()
         sizes = trace_sizes(job.profile.axes)
         inputs = {k: v.to(device) for k, v in spec.dummy_inputs(components, sizes).items()}
         job.progress(f"torch.export ({device}, {dtype}) at {sizes}")
