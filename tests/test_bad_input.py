@@ -90,6 +90,13 @@ _CN_96 += '"cross_attention_dim": 96, "caption_channels": 64, "num_cross_attenti
 _CN_96 += '"cross_attention_head_dim": 48}'
 
 
+# ... and one that fits sana-tiny (hidden size 64)
+_CN_64 = _CN_96.replace('"num_attention_heads": 3', '"num_attention_heads": 2').replace(
+    '"cross_attention_dim": 96', '"cross_attention_dim": 64'
+)
+_CN_64 = _CN_64.replace('"cross_attention_head_dim": 48', '"cross_attention_head_dim": 32')
+
+
 def _write(name: str, data: bytes | str) -> Callable[[Workspace], None]:
     def setup(ws: Workspace) -> None:
         path = ws.tmp / name
@@ -615,6 +622,33 @@ CASES: list[Case] = [
     Case("serve-port-too-large", ("serve", "--port", "99999"), "--port", timeout=SERVE_TIMEOUT_S),
     Case("serve-profiles-not-numbers", (*SERVE, "--profiles", "abc"), "--profiles", timeout=SERVE_TIMEOUT_S),
     Case("serve-bad-sizes", (*SERVE, "--sizes", "big"), "not WIDTHxHEIGHT", timeout=SERVE_TIMEOUT_S),
+    Case(
+        "serve-controlnet-not-a-folder",
+        (*SERVE, "--controlnet", "cn"),
+        "--controlnet cn: not a diffusers Sana ControlNet folder",
+        timeout=SERVE_TIMEOUT_S,
+    ),
+    Case(
+        "serve-controlnet-other-model-size",
+        (*SERVE, "--controlnet", "cn"),
+        "is for another model size",
+        _write("cn/config.json", _CN_96),
+        timeout=SERVE_TIMEOUT_S,
+    ),
+    Case(
+        "serve-controlnet-no-weights",
+        (*SERVE, "--controlnet", "cn"),
+        "--controlnet cn has a config.json but no weights",
+        _write("cn/config.json", _CN_64),
+        timeout=SERVE_TIMEOUT_S,
+    ),
+    Case(
+        "serve-controlnet-with-sprint",
+        (*SERVE, "--model", "sana-sprint-tiny", "--controlnet", "cn"),
+        "is a Sana-Sprint model",
+        _write("cn/config.json", _CN_64),
+        timeout=SERVE_TIMEOUT_S,
+    ),
     # --- export-triton ---
     Case("export-triton-repo-is-a-file", ("export-triton", "f", "--engine-backend", "python"), "f", _write("f", "x")),
     Case("export-triton-unknown-profile", ("export-triton", "repo", "--profiles", "1000"), "1000"),

@@ -61,7 +61,7 @@ _GENERATE_ON_MISS = next(f.default for f in dataclasses.fields(GenerateRequest) 
     type=float,
     help="Seconds a request body may take to arrive (then 408 and the connection closes).",
 )
-@click.option("--steps", default=20, show_default=True, type=int, help="Default num_inference_steps.")
+@click.option("--steps", default=None, type=int, help="Default num_inference_steps [20; Sana-Sprint models: 2].")
 @click.option("--ray", "use_ray", is_flag=True, help="Deploy on Ray Serve instead of a single uvicorn process.")
 @click.option("--replicas", default=1, show_default=True, type=int, help="Ray Serve replicas (with --ray).")
 @click.option("--gpus-per-replica", default=0.0, show_default=True, type=float)
@@ -72,6 +72,12 @@ _GENERATE_ON_MISS = next(f.default for f in dataclasses.fields(GenerateRequest) 
     help="Folder of LoRA .safetensors files; a request names them in 'adapters' or as model '<model>+<name>'.",
 )
 @click.option("--lora-cache", default=4, show_default=True, type=int, help="Fused adapter sets kept (LRU).")
+@click.option(
+    "--controlnet",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A Sana ControlNet folder (diffusers layout); requests may then send 'control_image' and 'control_scale'.",
+)
 @kv_cache_option
 def serve(
     model,
@@ -95,6 +101,7 @@ def serve(
     gpus_per_replica,
     lora_dir,
     lora_cache,
+    controlnet,
     no_kv_cache,
 ) -> None:
     """OpenAI-compatible POST /v1/images/generations (+ /health, /metrics) on uvicorn or Ray Serve.
@@ -117,8 +124,9 @@ def serve(
         num_inference_steps=steps,
         adapters=adapters,
         lora_cache_size=lora_cache,
+        controlnet=controlnet is not None,
     )
-    check_server(host, port, engine_dir, backend, miss_policy, use_ray, replicas, gpus_per_replica)
+    check_server(host, port, engine_dir, backend, miss_policy, use_ray, replicas, gpus_per_replica, controlnet, model)
     factory = functools.partial(
         load_pipeline,
         model,
@@ -130,6 +138,7 @@ def serve(
         kv_cache=not no_kv_cache,
         lora_dir=lora_dir,
         lora_cache_size=lora_cache,
+        controlnet=controlnet,
     )
     if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         click.secho(f"warning: serving on {host} without an API key", fg="yellow", err=True)

@@ -39,7 +39,7 @@ def create_app(service: ImageService) -> FastAPI:
         started = time.perf_counter()
         try:
             _check_auth(request, settings.api_key)
-            body = await _read_body(request, settings.max_body_bytes, settings.body_timeout_s)
+            body = await _read_body(request, settings.body_limit, settings.body_timeout_s)
             req = parse_body(body, settings)
             images = await service.generate(req, client_gone=_disconnected(request))
         except RequestError as err:

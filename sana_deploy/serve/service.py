@@ -2,7 +2,8 @@
 
 A single worker thread owns the pipeline (engines run one call at a time). Requests wait in a bounded queue
 (full -> 429); the worker takes the oldest request and, for ``batch_wait_s``, lets queued requests of the same
-batch key (the pipeline's aspect-ratio bucket of the size, steps, guidance, negative prompt) join it up to
+batch key (the pipeline's aspect-ratio bucket of the size, steps, guidance, negative prompt, LoRA set, input images
+and img2img / ControlNet / PAG options) join it up to
 ``max_batch_images``. Each request has a timeout (504).
 
 A request nobody waits for any more (it timed out, or its client went away) is abandoned: when still queued it is
@@ -25,8 +26,10 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from sana_deploy.errors import SanaDeployError, ShapeError
+from sana_deploy.runtime.img2img import ImageInputError
+from sana_deploy.runtime.variants import VariantError
 from sana_deploy.serve.metrics import Metrics
-from sana_deploy.serve.requests import ClientGone, ImageRequest, RequestError
+from sana_deploy.serve.requests import ClientGone, ImageRequest, RequestError, request_words
 from sana_deploy.serve.settings import ServeSettings
 from sana_deploy.serve.shared import ImagePipeline, batch_key, generate_batch, size_bucket, takes_step_callback
 
@@ -197,6 +200,9 @@ def _as_request_error(exc: Exception, request: ImageRequest) -> RequestError:
     if isinstance(exc, RequestError):
         return exc
     size = f"{request.width}x{request.height}"
+    if isinstance(exc, VariantError | ImageInputError):  # the request's own options (e.g. PAG layers of a model
+        log.info("refused a %s request: %s", size, exc)  # whose depth the server learns only when it runs)
+        return RequestError(400, request_words(str(exc)))
     if isinstance(exc, ShapeError):  # the runtime's miss policy "error": no engine covers this size
         log.warning("no engine for a %s request: %s", size, exc)
         return RequestError(

@@ -16,7 +16,10 @@ from pathlib import Path
 from sana_deploy.contract import MISS_POLICIES, parse_profiles
 from sana_deploy.contract import bucket_sizes as contract_bucket_sizes
 from sana_deploy.errors import SanaDeployError, ShapeError, fail
+from sana_deploy.models.config import PRESETS
+from sana_deploy.models.controlnet import check_fits, folder_config
 from sana_deploy.runtime.resolution import MAX_SIDE
+from sana_deploy.runtime.solvers import DEFAULT_STEPS
 
 API_KEY_ENV = "SANA_DEPLOY_API_KEY"
 MAX_PORT = 65535
@@ -88,6 +91,18 @@ class ServeSettings:
     max_side: int = MAX_SIDE  # largest width or height when ``sizes`` is None
     adapters: tuple[str, ...] = ()  # LoRA adapters a request may name (``--lora-dir``)
     lora_cache_size: int = 4  # fused weight sets kept for switching back (``--lora-cache``)
+    # the model's variants (set by default_settings from the model): requests are checked against them before queueing
+    sprint: bool = False  # a Sana-Sprint model: guidance_scale is its embedded guidance, no negative prompt
+    controlnet: bool = False  # started with --controlnet: requests may send a control_image
+    num_layers: int | None = None  # transformer blocks (PAG layers are checked against them); None: checked later
+    max_image_bytes: int = 8 * 1024 * 1024  # each input image (image, control_image), decoded from base64
+    max_image_pixels: int = 4096 * 4096  # each input image, width x height
+
+    @property
+    def body_limit(self) -> int:
+        """The largest body read: ``max_body_bytes`` of fields plus two base64 images of ``max_image_bytes``
+        (with a data-URL prefix). A body over ``max_body_bytes`` must carry an image (checked when parsed)."""
+        return self.max_body_bytes + 2 * (4 * -(-self.max_image_bytes // 3) + 64)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -121,6 +136,10 @@ class ServeSettings:
         _int_at_least(self.max_queue, "max_queue", 1, why=" (requests waiting or running)")
         _int_at_least(self.max_batch_images, "max_batch_images", 1)
         _int_at_least(self.lora_cache_size, "lora_cache_size", 1, why=" (--lora-cache: fused adapter sets kept)")
+        _int_at_least(self.max_image_bytes, "max_image_bytes", 1)
+        _int_at_least(self.max_image_pixels, "max_image_pixels", 1)
+        if self.num_layers is not None:
+            _int_at_least(self.num_layers, "num_layers", 1)
         for name in self.adapters:
             if not isinstance(name, str) or not _ADAPTER_NAME.fullmatch(name):
                 fail(f"Adapter name {name!r}: use letters, digits, '.', '_' and '-' only.", ServeSettingsError)
@@ -205,11 +224,19 @@ def default_settings(
     aspect buckets); with neither, every size ``generate`` accepts is served. The default size is the model's
     resolution. Invalid settings raise :class:`ServeSettingsError`.
 
-    The API key is ``api_key`` or, when that is None, the ``SANA_DEPLOY_API_KEY`` environment variable.
+    The API key is ``api_key`` or, when that is None, the ``SANA_DEPLOY_API_KEY`` environment variable. A preset
+    model sets ``sprint`` and ``num_layers``, and a Sana-Sprint model's default steps are its solver's (2) unless
+    ``num_inference_steps`` is given.
     """
-    from sana_deploy.models.config import PRESETS
-
-    base = PRESETS[model_name].resolution if model_name in PRESETS else 1024
+    preset = PRESETS.get(model_name)
+    base = preset.resolution if preset is not None else 1024
+    if preset is not None:
+        overrides.setdefault("sprint", preset.sprint)
+        overrides.setdefault("num_layers", preset.transformer.num_layers)
+        if preset.sprint and overrides.get("num_inference_steps") is None:
+            overrides["num_inference_steps"] = DEFAULT_STEPS[preset.default_sampler]
+    if overrides.get("num_inference_steps", 0) is None:
+        overrides.pop("num_inference_steps")
     allowed: tuple[tuple[int, int], ...] | None = None
     default = (base, base)
     if sizes:
@@ -313,11 +340,32 @@ def check_server(
     ray: bool = False,
     replicas: int = 1,
     gpus_per_replica: float = 0.0,
+    controlnet: str | Path | None = None,
+    model: str | None = None,
 ) -> None:
     """Every start-up check of ``sana-deploy serve`` beyond :class:`ServeSettings`, run before the model loads:
-    :func:`check_listen` (bound only without Ray, whose proxy may already hold the port), :func:`check_engine_dir`
-    and, with Ray, :func:`check_replicas`."""
+    :func:`check_listen` (bound only without Ray, whose proxy may already hold the port), :func:`check_engine_dir`,
+    :func:`check_controlnet` and, with Ray, :func:`check_replicas`."""
     check_listen(host, port, bind=not ray)
     check_engine_dir(engine_dir, backend, miss_policy)
+    if controlnet is not None:
+        check_controlnet(controlnet, model)
     if ray:
         check_replicas(replicas, gpus_per_replica)
+
+
+def check_controlnet(folder: str | Path, model: str | None = None) -> None:
+    """``--controlnet``: a diffusers Sana ControlNet folder (its ``config.json``) that fits ``model`` when that is a
+    preset (same hidden size, caption and latent channels; not a Sana-Sprint model). Its weights are read, strictly,
+    when the pipeline loads, still before the server listens."""
+    cfg = folder_config(folder)
+    preset = PRESETS.get(str(model).lower()) if model is not None else None
+    if preset is not None:
+        check_fits(cfg, preset, f"{folder} (--controlnet)")
+    folders = (Path(folder), Path(folder) / "controlnet")  # diffusers' ControlNet folder, or a pipeline folder
+    if not any(p.suffix in (".safetensors", ".bin") for f in folders if f.is_dir() for p in f.iterdir()):
+        fail(
+            f"--controlnet {folder} has a config.json but no weights (diffusion_pytorch_model.safetensors); copy the "
+            "whole folder SanaControlNetModel.save_pretrained wrote.",
+            ServeSettingsError,
+        )

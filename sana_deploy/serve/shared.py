@@ -86,7 +86,8 @@ def size_bucket(pipe: ImagePipeline) -> SizeBucket:
 
 
 def batch_key(request: ImageRequest, bucket: SizeBucket) -> tuple:
-    """Requests with the same key share one pipeline call: bucketed size, steps, guidance, negative prompt."""
+    """Requests with the same key share one pipeline call: bucketed size, steps, guidance, negative prompt, LoRA
+    set, input images (by digest) and the img2img / ControlNet / PAG options."""
     return (bucket(request.width, request.height), *request.bucket[2:])
 
 
@@ -117,6 +118,7 @@ def generate_batch(
     one_size = all((r.width, r.height) == (first.width, first.height) for r in requests)
     width, height = (first.width, first.height) if one_size else bucket(first.width, first.height)
     extra = {} if callback is None else {"callback": callback}
+    extra.update(first.pipeline_options())  # img2img, ControlNet, PAG: equal within a batch (its key holds them)
     _use_adapters(pipe, first.adapters)
     result = pipe(
         prompts,
@@ -193,11 +195,13 @@ def load_pipeline(
     kv_cache: bool = True,
     lora_dir: str | Path | None = None,
     lora_cache_size: int = 4,
+    controlnet: str | Path | None = None,
 ) -> ImagePipeline:
     """The pipeline ``sana-deploy generate`` would build for the same options (``build_pipeline``): by default
     the model's engines in ``engines/`` when it has any (``backend="auto"``), else the PyTorch model; a size no
     engine covers follows ``miss_policy`` (default: generate's). ``lora_dir``: LoRA adapters requests may name
-    (each read and checked now), with ``lora_cache_size`` fused weight sets kept for switching back."""
+    (each read and checked now), with ``lora_cache_size`` fused weight sets kept for switching back. ``controlnet``:
+    a Sana ControlNet folder (diffusers layout) for requests with a ``control_image``."""
     req = GenerateRequest(
         prompts=[],
         model=model,
@@ -207,6 +211,7 @@ def load_pipeline(
         engine_dir=Path(engine_dir or "engines"),
         progress=False,
         kv_cache=kv_cache,
+        controlnet=None if controlnet is None else Path(controlnet),
     )
     if miss_policy is not None:
         req.on_miss = miss_policy
