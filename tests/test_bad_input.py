@@ -440,6 +440,16 @@ CASES: list[Case] = [
     Case("export-unknown-component", ("export", "--components", "transformer,foo"), "Unknown component"),
     Case("export-unknown-precision", ("export", "--precision", "fp8"), "Invalid value for '--precision'"),
     Case(
+        "export-controlnet-graph-without-folder", ("export", "--components", "controlnet"), "pass --controlnet FOLDER"
+    ),
+    Case("export-controlnet-not-a-folder", ("export", "--controlnet", "cn"), "not a diffusers Sana ControlNet folder"),
+    Case(
+        "export-controlnet-other-model-size",
+        ("export", "--controlnet", "cn"),
+        "is for another model size",
+        _write("cn/config.json", _CN_96),
+    ),
+    Case(
         "export-out-is-a-file",
         ("export", "--components", "transformer", "--out", "f"),
         "Cannot write",

@@ -7,9 +7,11 @@ from pathlib import Path
 import click
 
 from sana_deploy.cli.options import PRECISIONS, model_option, preset_option, random_weights_option
-from sana_deploy.contract import parse_components
+from sana_deploy.contract import CONTROLNET, TRANSFORMER_CONTROL, module_of, parse_components
+from sana_deploy.errors import fail
 from sana_deploy.export import export_model
 from sana_deploy.models.config import PRESETS
+from sana_deploy.models.controlnet import check_fits, folder_config, load_controlnet
 from sana_deploy.models.loaders import load_components
 
 
@@ -38,7 +40,15 @@ def models() -> None:
     "--components",
     default="transformer,vae,text-encoder",
     show_default=True,
-    help="Comma-separated: transformer, vae, text-encoder.",
+    help="Comma-separated: transformer, vae, text-encoder (also transformer-text, transformer-cached, vae-encoder, "
+    "transformer-pag; transformer-control and controlnet with --controlnet).",
+)
+@click.option(
+    "--controlnet",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A Sana ControlNet folder (diffusers layout): also export its graph (controlnet) and the step graph that "
+    "takes its residuals (transformer-control), parity-checked like the others.",
 )
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder [export/<model>].")
@@ -56,11 +66,22 @@ def export(
     precision: str,
     out: Path | None,
     no_parity: bool,
+    controlnet: Path | None = None,
 ) -> None:
     """Export Sana components to ONNX (dynamic batch/resolution/text length) and check parity."""
 
     names = parse_components(components)
-    loaded = load_components(model, names, preset=preset, random_weights=random_weights)
+    if controlnet is not None:  # read now: a folder that is not a ControlNet fails before the model loads
+        cfg = folder_config(controlnet)
+        if str(model).lower() in PRESETS:  # a ControlNet for another model size, too (others: when they load)
+            check_fits(cfg, PRESETS[str(model).lower()], str(controlnet))
+        names = parse_components((*names, TRANSFORMER_CONTROL, CONTROLNET))
+    elif CONTROLNET in names:
+        fail("Exporting the controlnet graph needs the ControlNet: pass --controlnet FOLDER (diffusers' Sana layout).")
+    modules = tuple(dict.fromkeys(module_of(c) for c in names if c != CONTROLNET))  # what the graphs are traced from
+    loaded = load_components(model, modules, preset=preset, random_weights=random_weights)
+    if controlnet is not None:  # checked to fit the model, as build --controlnet and generate --controlnet load it
+        loaded.controlnet = load_controlnet(controlnet, loaded.preset)
     click.echo(f"model: {loaded.model_id} ({loaded.source})")
     results = export_model(loaded, names, precision, out, unsafe_skip_parity=no_parity)
     click.echo("\nParity report (ONNX Runtime vs PyTorch):")
