@@ -31,7 +31,14 @@ from sana_deploy.runtime.variants import VariantError
 from sana_deploy.serve.metrics import Metrics
 from sana_deploy.serve.requests import ClientGone, ImageRequest, RequestError, request_words
 from sana_deploy.serve.settings import ServeSettings
-from sana_deploy.serve.shared import ImagePipeline, batch_key, generate_batch, size_bucket, takes_step_callback
+from sana_deploy.serve.shared import (
+    ImagePipeline,
+    SharedPipeline,
+    batch_key,
+    generate_batch,
+    size_bucket,
+    takes_step_callback,
+)
 
 log = logging.getLogger("sana_deploy.serve")
 
@@ -49,7 +56,7 @@ class _Stopped(Exception):
 
 class ImageService:
     def __init__(self, pipe: ImagePipeline, settings: ServeSettings, metrics: Metrics | None = None) -> None:
-        self.pipe, self.settings = pipe, settings
+        self.pipe, self.settings = pipe, settings_for(pipe, settings)
         self.metrics = metrics or Metrics()
         self.bucket = size_bucket(pipe)
         self.stoppable = takes_step_callback(pipe)  # running calls can stop between denoising steps
@@ -192,6 +199,18 @@ class ImageService:
                 raise _Stopped(f"every request of this call was abandoned at step {step}")
 
         return stop_when_abandoned
+
+
+def settings_for(pipe: ImagePipeline, settings: ServeSettings) -> ServeSettings:
+    """``settings`` with what the loaded pipeline says about its model: Sana-Sprint or not, its depth (PAG blocks)
+    and whether it has a ControlNet (requests are checked against these before queueing). A pipeline without a
+    ``preset`` (a stand-in) leaves the settings as given."""
+    target = pipe.pipe if isinstance(pipe, SharedPipeline) else pipe
+    preset = getattr(target, "preset", None)
+    if preset is None or not hasattr(preset, "transformer"):
+        return settings
+    controlnet = bool(getattr(getattr(target, "provider", None), "controlnet_layers", 0))
+    return settings.with_(sprint=preset.sprint, num_layers=preset.transformer.num_layers, controlnet=controlnet)
 
 
 def _as_request_error(exc: Exception, request: ImageRequest) -> RequestError:

@@ -18,6 +18,7 @@ from PIL import Image
 from sana_deploy.errors import SanaDeployError
 from sana_deploy.models.config import PRESETS
 from sana_deploy.models.controlnet import random_controlnet, save_controlnet
+from sana_deploy.runtime.variants import VariantError
 from sana_deploy.serve.http import create_app
 from sana_deploy.serve.requests import RequestError, parse_body
 from sana_deploy.serve.service import ImageService
@@ -255,3 +256,42 @@ def test_bad_controlnet_stops_start_up(tmp_path) -> None:
     with pytest.raises(SanaDeployError, match="Sana-Sprint"):
         check_server("127.0.0.1", 0, tmp_path / "engines", controlnet=tiny, model="sana-sprint-tiny")
     check_server("127.0.0.1", 0, tmp_path / "engines", controlnet=tiny, model="sana-tiny")  # fits: no error
+
+
+def test_settings_follow_the_loaded_pipeline(server) -> None:
+    """An embedder's plain settings learn the ControlNet, depth and Sprint flag from the pipeline it serves."""
+    _, pipe = server
+    service = ImageService(pipe, default_settings("sana-tiny"))  # made without controlnet=True
+    try:
+        assert (service.settings.controlnet, service.settings.num_layers, service.settings.sprint) == (True, 2, False)
+        req = parse_body(json.dumps({"prompt": "a", "control_image": _png(EDGES)}).encode(), service.settings)
+        assert req.control_digest
+    finally:
+        service.close()
+    fake = ImageService(FakePipeline(), default_settings("sana-tiny"))  # a stand-in without a preset: as given
+    try:
+        assert fake.settings == default_settings("sana-tiny")
+    finally:
+        fake.close()
+
+
+def test_pipeline_variant_errors_are_400() -> None:
+    """A check only the pipeline can make (PAG blocks of a model that is not a preset) is a 400 with its message."""
+
+    class Refusing(FakePipeline):
+        def __call__(self, prompt, **kwargs):  # noqa: ANN001, ANN003, ANN204
+            raise VariantError("PAG layer 30 is out of range: this model has 28 transformer blocks (0-27).")
+
+    settings = default_settings("custom-model", num_inference_steps=STEPS)
+    assert settings.num_layers is None  # not a preset: the depth is the pipeline's to check
+    service = ImageService(Refusing(), settings)
+    try:
+        req = parse_body(json.dumps({"prompt": "a", "pag_scale": 1.0, "pag_layers": [30]}).encode(), settings)
+        assert req.pag_layers == (30,)
+        error = service.submit(req).exception(timeout=30)
+        assert isinstance(error, RequestError) and error.status == 400 and "PAG layer 30" in error.message
+        fine = ImageService(FakePipeline(), settings)
+        assert len(fine.submit(parse_body(b'{"prompt": "a"}', settings)).result(timeout=30)) == 1
+        fine.close()
+    finally:
+        service.close()
