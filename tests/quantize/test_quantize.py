@@ -240,7 +240,9 @@ def test_fp8_for_targets_without_fp8_is_refused(fp8_recipe, export_root, tmp_pat
 # --- bad input ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "aoti"])
 def test_fp8_on_a_backend_without_fp8_says_what_to_use(backend, export_root, tmp_path):
-    with pytest.raises(QuantizeError, match=f"fp8 needs a backend with fp8 kernels.*{backend} has none.*int8"):
+    """aoti has FP8 layers of its own (models/fp8.py), but compiles them for this machine, which has no GPU."""
+    why = "FP8 GEMMs for this machine's GPU.*int8" if backend == "aoti" else f"fp8 kernels.*{backend} has none.*int8"
+    with pytest.raises(QuantizeError, match=why):
         build_engines("sana-tiny", "512", backend=backend, quantize="fp8", engine_dir=tmp_path,
                       export_root=export_root, progress=False)  # fmt: skip
     assert not list(tmp_path.glob("sana-tiny/*/*/meta.json"))
