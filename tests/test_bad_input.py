@@ -578,6 +578,27 @@ CASES: list[Case] = [
         _folders("ro"),
         prelude=_readonly_fs("ro"),
     ),
+    Case("bench-strength-without-image", ("bench", "--strength", "0.5"), "pass --image too"),
+    Case("bench-image-missing", ("bench", "--image", "nope.png"), "no such file"),
+    Case(
+        "bench-control-image-without-controlnet",
+        ("bench", "--control-image", "e.png"),
+        "no ControlNet: load one",
+        _write("e.png", _png_bytes()),
+    ),
+    Case("bench-controlnet-without-control-image", ("bench", "--controlnet", "cn"), "pass --control-image too"),
+    Case(
+        "bench-controlnet-other-model-size",
+        ("bench", "--controlnet", "cn", "--control-image", "e.png"),
+        "is for another model size",
+        _all(_write("e.png", _png_bytes()), _write("cn/config.json", _CN_96)),
+    ),
+    Case(
+        "bench-pag-layers-out-of-range",
+        ("bench", "--pag-scale", "2", "--pag-layers", "7"),
+        "PAG layer 7 is out of range",
+    ),
+    Case("bench-sprint-pag", ("bench", "--model", "sana-sprint-tiny", "--pag-scale", "2"), "Sana-Sprint model"),
     # --- serve (start-up checks: it must refuse to start) ---
     Case("quantize-unknown-mode", ("quantize", "--mode", "int4"), "Invalid value for '--mode'"),
     Case(

@@ -35,10 +35,20 @@ def bench(
     work_dir: Path | str | None = None,
     seed: int = 0,
     baseline: bool = True,
+    image: Path | str | None = None,
+    strength: float | None = None,
+    controlnet: Path | str | None = None,
+    control_image: Path | str | None = None,
+    control_scale: float = 1.0,
+    pag_scale: float = 0.0,
+    pag_layers: str | None = None,
 ) -> dict:
     """Run the benchmark and return the result dict (see ``docs/BENCHMARKS.md`` for its fields).
 
-    ``profiles``: bucket bases (512, 1024, 2048, 4096); each case is one ``base``×``base`` image.
+    ``profiles``: bucket bases (512, 1024, 2048, 4096); each case is one ``base``×``base`` image. The variant
+    options are ``generate``'s (img2img ``image``/``strength``, ControlNet ``controlnet``/``control_image``/
+    ``control_scale``, PAG ``pag_scale``/``pag_layers``; docs/VARIANTS.md): every request of every backend runs
+    them, and the diffusers baseline is the variant's diffusers pipeline.
     """
     import torch
 
@@ -64,6 +74,13 @@ def bench(
             seed=seed,
             text_encoder_layers=text_encoder_layers,
             stages=chosen_stages,
+            image=None if image is None else Path(image),
+            strength=strength,
+            controlnet=None if controlnet is None else Path(controlnet),
+            control_image=None if control_image is None else Path(control_image),
+            control_scale=control_scale,
+            pag_scale=pag_scale,
+            pag_layers=pag_layers,
         )
         for base in bases
     ]

@@ -56,9 +56,10 @@ def _log(msg: str) -> None:
 
 
 def load_case_components(case: BenchCase) -> SanaComponents:
-    """Every component, seeded random weights for presets (speed does not depend on weight values) or the given
-    checkpoint, cast to the precision policy of ``case.precision`` on ``case.device``."""
+    """Every component (and the case's ControlNet), seeded random weights for presets (speed does not depend on
+    weight values) or the given checkpoint, cast to the precision policy of ``case.precision`` on ``case.device``."""
     from sana_deploy.models.config import PRESETS, get_preset
+    from sana_deploy.models.controlnet import load_controlnet
     from sana_deploy.models.loaders import load_components
     from sana_deploy.models.random import random_components
 
@@ -76,6 +77,8 @@ def load_case_components(case: BenchCase) -> SanaComponents:
         comps = load_components(case.model, COMPONENTS)
     if comps.tokenizer is None:
         fail(f"{case.model} has no tokenizer; pass a diffusers folder with tokenizer/ or a preset.")
+    if case.controlnet is not None:  # its weights, checked to fit the model (as generate --controlnet loads it)
+        comps.controlnet = load_controlnet(case.controlnet, comps.preset)
     return cast_components(comps, case.precision, case.device)
 
 

@@ -49,9 +49,25 @@ def _case_title(case: dict) -> str:
     te = "" if case.get("text_encoder_layers") is None else f", text encoder {case['text_encoder_layers']} layers"
     guidance = "embedded guidance" if case.get("sprint") else "CFG"  # Sana-Sprint: a transformer input, no CFG
     return (
-        f"{case['model']} {case['height']}x{case['width']}, {case['steps']} steps, {guidance} {case['guidance_scale']} "
+        f"{case['model']} {case['height']}x{case['width']} ({_variant(case)}), {case['steps']} steps, "
+        f"{guidance} {case['guidance_scale']} "
         f"(transformer batch {case['cfg_batch']}), {case['precision']}, {case['device']}{te}"
     )
+
+
+def _variant(case: dict) -> str:
+    """The case's variant with its settings, e.g. ``sana pag (scale 3.0, blocks 1)`` (older results: text to
+    image)."""
+    variant = case.get("variant") or ("sprint text-to-image" if case.get("sprint") else "sana text-to-image")
+    extra = []
+    if case.get("image"):
+        extra.append(f"strength {case['strength']}")
+    if case.get("control_image"):
+        extra.append(f"control scale {case['control_scale']}")
+    if case.get("pag_scale"):
+        blocks = case.get("pag_layers") or "default"
+        extra.append(f"PAG scale {case['pag_scale']}, blocks {blocks}")
+    return variant + (f": {'; '.join(extra)}" if extra else "")
 
 
 def _cell(r: dict, stage: str) -> str:

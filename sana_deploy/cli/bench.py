@@ -9,7 +9,7 @@ import click
 
 from sana_deploy.bench.case import STAGES
 from sana_deploy.bench.contenders import CONTENDERS
-from sana_deploy.cli.options import PRECISIONS, model_option
+from sana_deploy.cli.options import PRECISIONS, model_option, variant_options
 from sana_deploy.runtime.generate import MAX_STEPS, check_writable
 
 
@@ -59,6 +59,7 @@ from sana_deploy.runtime.generate import MAX_STEPS, check_writable
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the results JSON.")
 @click.option("--markdown", "md_path", type=click.Path(path_type=Path), default=None, help="Write a markdown report.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None, help="Write a PNG bar chart.")
+@variant_options
 def bench(
     model: str,
     profiles: str,
@@ -77,12 +78,20 @@ def bench(
     json_path: Path | None,
     md_path: Path | None,
     plot_path: Path | None,
+    image: Path | None,
+    strength: float | None,
+    controlnet: Path | None,
+    control_image: Path | None,
+    control_scale: float,
+    pag_scale: float,
+    pag_layers: str | None,
 ) -> None:
     """Latency per stage of the product pipeline (what generate and serve run) on each backend, with diffusers'
     SanaPipeline (eager) measured in the same run.
 
     One timed run is one request; its stage times are the pipeline's own. Presets run with seeded random weights
-    (speed does not depend on weight values).
+    (speed does not depend on weight values). img2img, ControlNet and PAG requests take generate's options; the
+    baseline is then diffusers' pipeline of that variant (base-Sana img2img has none: no baseline).
     """
     from sana_deploy.bench import bench as run
     from sana_deploy.bench.report import markdown, text_table, write_atomic, write_json
@@ -110,6 +119,13 @@ def bench(
         interleave=interleave,
         work_dir=work_dir,
         baseline=not no_baseline,
+        image=image,
+        strength=strength,
+        controlnet=controlnet,
+        control_image=control_image,
+        control_scale=control_scale,
+        pag_scale=pag_scale,
+        pag_layers=pag_layers,
     )
     click.echo(text_table(result))
     if json_path:

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from sana_deploy.cli.options import PRECISIONS, kv_cache_option, model_option, preset_option, random_weights_option
+from sana_deploy.cli.options import (
+    PRECISIONS,
+    kv_cache_option,
+    model_option,
+    preset_option,
+    random_weights_option,
+    variant_options,
+)
 from sana_deploy.contract import MISS_POLICIES
 from sana_deploy.runtime.generate import MAX_STEPS, GenerateRequest, generate_images, parse_lora, read_prompts
 from sana_deploy.runtime.providers import RUNTIME_BACKENDS
@@ -93,44 +100,7 @@ from sana_deploy.runtime.solvers import SAMPLERS
     metavar="FILE[:WEIGHT]",
     help="LoRA adapter (.safetensors) and its weight [1]; repeat for several, all active together.",
 )
-@click.option(
-    "--image",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="img2img: start from this image (any size and mode; the output size defaults to its own).",
-)
-@click.option(
-    "--strength",
-    type=float,
-    default=None,
-    help="img2img: how much of the schedule runs from the noised --image, in (0, 1] [0.6]; 1 ignores the image.",
-)
-@click.option(
-    "--controlnet",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="A Sana ControlNet folder (diffusers layout: config.json + weights) for --control-image.",
-)
-@click.option(
-    "--control-image",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="ControlNet: the control image (edges, depth, ...), encoded by the DC-AE encoder; needs --controlnet.",
-)
-@click.option("--control-scale", type=float, default=1.0, show_default=True, help="ControlNet: scale of its residuals.")
-@click.option(
-    "--pag-scale",
-    type=float,
-    default=0.0,
-    show_default=True,
-    help="Perturbed-attention guidance scale (0: off; NVlabs uses 2-3): one more branch per step.",
-)
-@click.option(
-    "--pag-layers",
-    default=None,
-    help="PAG: the blocks whose self-attention the perturbed branch replaces with the identity, e.g. 8 or 8,14 "
-    "[NVlabs' block for 0.6B/1.6B, else 0].",
-)
+@variant_options
 @kv_cache_option
 def generate(
     prompt: str | None,

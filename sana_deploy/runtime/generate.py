@@ -227,36 +227,50 @@ def check_request(req: GenerateRequest) -> int | None:
         check_scale(weight, f"--lora {path}: the weight")
         if not Path(path).is_file():
             fail(f"--lora {path}: no such file; pass a LoRA .safetensors file (optionally FILE:WEIGHT).", LoraError)
-    if req.strength is not None:
-        if req.image is None:
-            fail("--strength sets how far img2img departs from --image; pass --image too (or leave --strength out).")
-        check_strength(req.strength)
-    if req.image is not None:  # read now: a missing or non-image file fails before the model loads
-        load_image(req.image, "--image")
-    _check_variant_options(req, preset)
+    check_variant_options(
+        preset, image=req.image, strength=req.strength, controlnet=req.controlnet, control_image=req.control_image,
+        control_scale=req.control_scale, pag_scale=req.pag_scale, pag_layers=req.pag_layers,
+    )  # fmt: skip
     low, high = _SEED_RANGE
     if not isinstance(req.seed, int) or not low <= req.seed <= high - (len(req.prompts) - 1):
         fail(f"--seed must be an integer from 0 to {high - (len(req.prompts) - 1)}, got {req.seed!r}.")
     return steps
 
 
-def _check_variant_options(req: GenerateRequest, preset: SanaPreset | None) -> None:
-    """ControlNet and PAG options, before the model loads: the control image is read, the ControlNet's config is
-    checked against a preset model, PAG blocks against its depth (other models: when they load)."""
-    if req.controlnet is not None:
-        cfg = folder_config(req.controlnet)
+def check_variant_options(
+    preset: SanaPreset | None,
+    *,
+    image: Path | None = None,
+    strength: float | None = None,
+    controlnet: Path | None = None,
+    control_image: Path | None = None,
+    control_scale: float = 1.0,
+    pag_scale: float = 0.0,
+    pag_layers: str | None = None,
+) -> None:
+    """The img2img, ControlNet and PAG options of ``generate`` and ``bench`` (named as their CLI options), before
+    the model loads: the images are read, the ControlNet's config is checked against a preset model, PAG blocks
+    against its depth (other models: when they load)."""
+    if strength is not None:
+        if image is None:
+            fail("--strength sets how far img2img departs from --image; pass --image too (or leave --strength out).")
+        check_strength(strength)
+    if image is not None:  # read now: a missing or non-image file fails before the model loads
+        load_image(image, "--image")
+    if controlnet is not None:
+        cfg = folder_config(controlnet)
         if preset is not None:
-            check_fits(cfg, preset, str(req.controlnet))
-    if req.control_image is not None:
-        load_image(req.control_image, "--control-image")
+            check_fits(cfg, preset, str(controlnet))
+    if control_image is not None:
+        load_image(control_image, "--control-image")
     check_variants(
         sprint=preset is not None and preset.sprint,
-        controlnet_layers=1 if req.controlnet is not None else 0,
-        control_image=req.control_image,
-        conditioning_scale=req.control_scale,
-        pag_scale=req.pag_scale,
+        controlnet_layers=1 if controlnet is not None else 0,
+        control_image=control_image,
+        conditioning_scale=control_scale,
+        pag_scale=pag_scale,
         pag_adaptive_scale=0.0,
-        pag_layers=req.pag_layers if preset is not None else None,
+        pag_layers=pag_layers if preset is not None else None,
         num_layers=preset.transformer.num_layers if preset is not None else 1,
     )
 

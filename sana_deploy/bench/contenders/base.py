@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
+from typing import Any
 
 from sana_deploy.bench.case import DECODE_STAGES, BenchCase
 from sana_deploy.contract import model_dirname
@@ -54,6 +55,7 @@ class Prepared:
     build_cached: bool | None = None  # the build work was found in a cache (build time is then a load time)
     release: Callable[[], None] | None = None
     missing: dict[str, str] = field(default_factory=dict)  # stage -> why this backend cannot time it here
+    last_output: Any = field(default=None, repr=False)  # the last call's images (or latents); not in the results
 
 
 @dataclass
@@ -144,10 +146,20 @@ def pipeline_times(out: SanaDeployOutput) -> RunTimes:
     return RunTimes(ms, [t * 1e3 for t in out.step_seconds], out.denoiser, dict(out.backends))
 
 
+def call_pipeline(pipe: SanaDeployPipeline, case: BenchCase, output_type: str | None = None) -> SanaDeployOutput:
+    """The case's request, once: fixed prompt, seed, steps and CFG, ``profile``×``profile`` without binning, and
+    the variant's options (img2img, ControlNet, PAG) in the same call."""
+    return pipe(
+        **case.request(),
+        **case.variant_request(),
+        resolution_binning=False,
+        output_type=output_type or case.output_type,
+    )
+
+
 def run_pipeline(pipe: SanaDeployPipeline, case: BenchCase, output_type: str | None = None) -> RunTimes:
-    """The case's request, once: fixed prompt, seed, steps and CFG, ``profile``×``profile`` without binning."""
-    out = pipe(**case.request(), resolution_binning=False, output_type=output_type or case.output_type)
-    return pipeline_times(out)
+    """:func:`call_pipeline`'s stage times."""
+    return pipeline_times(call_pipeline(pipe, case, output_type))
 
 
 class PipelineContender(Contender):
@@ -173,7 +185,13 @@ class PipelineContender(Contender):
         pipe.set_progress_bar(False)
         output_type = "latent" if any(s in prepared.missing for s in DECODE_STAGES) else None
         held = {"pipe": pipe}  # released (weights, sessions, engines) by ``release``
-        prepared.run = lambda: run_pipeline(held["pipe"], ctx.case, output_type)
+
+        def run() -> RunTimes:
+            out = call_pipeline(held["pipe"], ctx.case, output_type)
+            prepared.last_output = out.images
+            return pipeline_times(out)
+
+        prepared.run = run
         prepared.notes.append(f"SanaDeployPipeline, {'caption K/V split' if self.split else 'one-graph transformer'}")
         previous = prepared.release
 
@@ -181,6 +199,7 @@ class PipelineContender(Contender):
             if previous is not None:
                 previous()
             held.clear()
+            prepared.last_output = None
 
         prepared.release = release
         return prepared
@@ -192,6 +211,7 @@ __all__ = [
     "PipelineContender",
     "Prepared",
     "RunTimes",
+    "call_pipeline",
     "flag",
     "pipeline_times",
     "run_pipeline",

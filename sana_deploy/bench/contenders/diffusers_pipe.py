@@ -27,6 +27,7 @@ from sana_deploy.bench.case import BenchCase
 from sana_deploy.bench.contenders.base import CaseContext, Contender, Prepared, RunTimes
 from sana_deploy.errors import fail
 from sana_deploy.models.components import SanaComponents
+from sana_deploy.runtime.variants import parse_pag_layers
 
 
 def flow_scheduler(flow_shift: float):  # noqa: ANN201 (diffusers scheduler)
@@ -58,21 +59,69 @@ def diffusers_transformer(comps: SanaComponents, device: torch.device, dtype: to
     return model.to(device=device, dtype=dtype).eval()
 
 
-def build_pipeline(comps: SanaComponents, case: BenchCase):  # noqa: ANN201 (diffusers SanaPipeline)
-    """diffusers' ``SanaPipeline`` over the case's modules, or ``SanaSprintPipeline`` with ``SCMScheduler`` for a
-    Sana-Sprint model."""
-    from diffusers import SanaPipeline, SanaSprintPipeline, SCMScheduler
+def build_pipeline(comps: SanaComponents, case: BenchCase):  # noqa: ANN201 (a diffusers Sana pipeline)
+    """diffusers' pipeline of the case's variant over the case's modules: ``SanaPipeline``, ``SanaPAGPipeline``
+    (the same PAG blocks), ``SanaControlNetPipeline`` (``SanaControlNetModel`` from the case's ControlNet folder, the
+    weights ours loads), or for a Sana-Sprint model ``SanaSprintPipeline`` / ``SanaSprintImg2ImgPipeline`` with
+    ``SCMScheduler``. A variant diffusers has no pipeline for is refused (:func:`baseline_unavailable`)."""
+    import diffusers
 
+    why = baseline_unavailable(case)
+    if why:
+        fail(why)
     device = torch.device(case.device)
-    transformer = diffusers_transformer(comps, device, next(comps.transformer.parameters()).dtype)
+    dtype = next(comps.transformer.parameters()).dtype
+    transformer = diffusers_transformer(comps, device, dtype)
     modules = {"tokenizer": comps.tokenizer, "text_encoder": comps.text_encoder, "vae": comps.vae}
     if comps.preset.sprint:
-        scheduler = SCMScheduler(prediction_type="trigflow", sigma_data=comps.preset.sigma_data)
-        pipe = SanaSprintPipeline(**modules, transformer=transformer, scheduler=scheduler)
+        scheduler = diffusers.SCMScheduler(prediction_type="trigflow", sigma_data=comps.preset.sigma_data)
+        cls = diffusers.SanaSprintImg2ImgPipeline if case.img2img else diffusers.SanaSprintPipeline
+        pipe = cls(**modules, transformer=transformer, scheduler=scheduler)
+    elif case.control_image is not None:
+        controlnet = diffusers.SanaControlNetModel.from_pretrained(str(case.controlnet))
+        pipe = diffusers.SanaControlNetPipeline(
+            **modules, transformer=transformer, controlnet=controlnet.to(device=device, dtype=dtype).eval(),
+            scheduler=flow_scheduler(comps.preset.flow_shift),
+        )  # fmt: skip
+    elif case.pag:
+        layers = parse_pag_layers(case.pag_layers, comps.preset.transformer.num_layers)
+        pipe = diffusers.SanaPAGPipeline(
+            **modules, transformer=transformer, scheduler=flow_scheduler(comps.preset.flow_shift),
+            pag_applied_layers=[f"transformer_blocks.{i}" for i in layers],
+        )  # fmt: skip
     else:
-        pipe = SanaPipeline(**modules, transformer=transformer, scheduler=flow_scheduler(comps.preset.flow_shift))
+        pipe = diffusers.SanaPipeline(
+            **modules, transformer=transformer, scheduler=flow_scheduler(comps.preset.flow_shift)
+        )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def baseline_unavailable(case: BenchCase) -> str | None:
+    """Why diffusers has no pipeline for the case's variant, or None. diffusers 0.42 has no img2img pipeline for
+    base Sana (only ``SanaSprintImg2ImgPipeline``), and none that combines img2img with ControlNet or PAG."""
+    if case.img2img and not case.sprint:
+        return (
+            "diffusers has no img2img pipeline for base Sana (only SanaSprintImg2ImgPipeline for Sana-Sprint), so "
+            "this case has no diffusers baseline; the sana-deploy backends are timed without speed-ups"
+        )
+    if len(case.modes) > 1:
+        return f"diffusers has no pipeline for {' with '.join(case.modes)} together, so this case has no baseline"
+    return None
+
+
+def diffusers_request(case: BenchCase) -> dict:
+    """The variant's arguments of the diffusers pipeline's call (its PAG blocks are a constructor argument). The
+    images are the case's fitted RGB ones, the pixels the sana-deploy backends get (``BenchCase.fitted_image``)."""
+    out = {}
+    if case.img2img:
+        out.update(image=case.fitted_image(case.image, "--image"), strength=case.effective_strength)
+    if case.control_image is not None:
+        out["control_image"] = case.fitted_image(case.control_image, "--control-image")
+        out["controlnet_conditioning_scale"] = case.control_scale
+    if case.pag:
+        out["pag_scale"] = case.pag_scale
+    return out
 
 
 class _StageClock:
@@ -119,8 +168,11 @@ def _uninstrument(pipe) -> None:  # noqa: ANN001
 
 class DiffusersEager(Contender):
     name = "diffusers-eager"
-    description = "diffusers SanaPipeline, eager"
+    description = "diffusers SanaPipeline (or the variant's pipeline), eager"
     compile = False
+
+    def unavailable(self, case: BenchCase) -> str | None:
+        return baseline_unavailable(case)
 
     def prepare(self, ctx: CaseContext) -> Prepared:
         case = ctx.case
@@ -147,9 +199,10 @@ class DiffusersEager(Contender):
         def run() -> RunTimes:
             clock.marks.clear()
             clock.steps.clear()
+            request = {**case.request(), **diffusers_request(case)}  # images read before the clock starts
             start = clock.now()
-            pipe(
-                **case.request(),
+            out = pipe(
+                **request,
                 **extra,
                 use_resolution_binning=False,
                 output_type=case.output_type,
@@ -157,13 +210,16 @@ class DiffusersEager(Contender):
                 callback_on_step_end_tensor_inputs=[],
             )
             end = clock.now()
+            prepared.last_output = out.images
             return _times(clock, start, end, case, labels)
 
         def release() -> None:
             _uninstrument(pipe)
             pipe.transformer = None
+            prepared.last_output = None
 
-        return Prepared(run, notes, build_cached=None, release=release)
+        prepared = Prepared(run, notes, build_cached=None, release=release)
+        return prepared
 
 
 def _times(clock: _StageClock, start: float, end: float, case: BenchCase, labels: dict) -> RunTimes:

@@ -60,14 +60,18 @@ class EngineContender(PipelineContender):
             profiles=[case.profile],
             backend=self.backend,
             precision=self.engine_precision(case),
-            max_batch=1,
+            max_batch=2 if case.transformer_batch > 2 else 1,  # CFG + PAG: 3 rows a step
             engine_dir=engine_dir,
             export_root=ctx.export_root,
             random_weights=random_weights,
             progress=False,
             kv_cache=self.split,
+            controlnet=case.controlnet,
         )
-        names = tuple(c for c in pipeline_components(self.split) if c != "vae")
+        # what the pipeline runs (the DC-AE apart, below) and the variant's graphs, built here rather than on the
+        # first call
+        base = pipeline_components(self.split) + case.variant_graphs(self.split)
+        names = tuple(c for c in dict.fromkeys(base) if c != "vae")
         entries = list(build_engines(components=names, **common))
         missing: dict[str, str] = {}
         notes = [f"{self.name} engines, profile {case.profile}, in {engine_dir}"]
@@ -92,6 +96,7 @@ class EngineContender(PipelineContender):
             device=case.device,
             build_kwargs={"export_root": str(ctx.export_root)},
             kv_cache=self.split,
+            controlnet=case.controlnet,
         )
         cached = all(getattr(e, "hit", False) for e in entries)
         return pipe, Prepared(notes=notes, build_cached=cached, missing=missing)

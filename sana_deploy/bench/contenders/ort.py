@@ -68,8 +68,8 @@ class OrtContender(PipelineContender):
     def make_pipeline(self, ctx: CaseContext) -> tuple[SanaDeployPipeline, Prepared]:
         case, root = ctx.case, ctx.export_root
         options = ort_options(self.options)
-        names = pipeline_components(self.split)
-        cached = [ensure_export(ctx.comps, c, case.precision, root)[1] for c in names]
+        names = tuple(dict.fromkeys(pipeline_components(self.split) + case.variant_graphs(self.split)))
+        cached = [ensure_export(ctx.comps, c, case.precision, root)[1] for c in names]  # the variant's graphs too
         profile = flag(self.options, "profile", False)
         if profile:
             options = ort_options(self.options, str(ctx.work_dir / f"ort-profile-{'split' if self.split else 'one'}"))
@@ -81,6 +81,7 @@ class OrtContender(PipelineContender):
             device=case.device,
             kv_cache=self.split,
             ort_options=options,
+            variants=case.variant_graphs(self.split),
         )
         notes = [
             f"opt={options.opt} intra={options.threads or 'all usable cores'} inter={options.inter_threads} "

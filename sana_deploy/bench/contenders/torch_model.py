@@ -45,6 +45,8 @@ class TorchContender(PipelineContender):
         if quantize:  # FP8 layers replace the transformer's in place: on a copy, the other contenders keep theirs
             comps = copy.copy(comps)
             comps.transformer = copy.deepcopy(comps.transformer)
+            if comps.controlnet is not None:  # a ControlNet's blocks are made FP8 too
+                comps.controlnet = copy.deepcopy(comps.controlnet)
         pipe = SanaDeployPipeline.from_components(
             comps, "torch", case.precision, device=case.device, kv_cache=self.split, kernels=kernels,
             quantize=quantize,
