@@ -137,3 +137,30 @@ def test_contender_output_is_the_pipelines_with_the_variant(inputs, name, tmp_pa
     assert err <= BASELINE_TOL
     ref.release()
     prepared.release()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["img2img", "controlnet", "pag"])
+def test_onnxruntime_contender_runs_the_variant(tiny_export, inputs, name, tmp_path):
+    """The onnxruntime contender exports the variant's graphs in its prepare step (none left for the first call) and
+    its output = the torch contender's."""
+    import shutil
+
+    from sana_deploy.bench.contenders.ort import OrtContender
+
+    model, options, _, _ = VARIANTS[name]
+    case = BenchCase(model, 512, steps=2, **_options(inputs, options))
+    ctx = CaseContext(case, load_case_components(case), tmp_path)
+    shutil.copytree(tiny_export[0], ctx.export_root)  # the base graphs; the variant's are exported on top
+    ort = OrtContender().prepare(ctx)
+    for graph in case.variant_graphs():
+        assert (ctx.export_root / "fp32" / graph / "model.onnx").is_file(), graph
+    times = ort.run()
+    assert "onnxruntime" in times.backends["transformer"], times.backends
+    if case.variant_graphs()[0] == "vae_encoder":  # img2img and control images: the DC-AE encoder graph ran
+        assert times.backends["vae_encoder"].startswith("onnxruntime"), times.backends
+    ref = TorchContender().prepare(ctx)
+    ref.run()
+    err = float(np.abs(np.asarray(ort.last_output) - np.asarray(ref.last_output)).max())
+    print(f"{name}: onnxruntime contender vs torch contender max abs err {err:.2e}")
+    assert err <= 1 / 255
