@@ -164,3 +164,27 @@ def test_onnxruntime_contender_runs_the_variant(tiny_export, inputs, name, tmp_p
     err = float(np.abs(np.asarray(ort.last_output) - np.asarray(ref.last_output)).max())
     print(f"{name}: onnxruntime contender vs torch contender max abs err {err:.2e}")
     assert err <= 1 / 255
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["controlnet", "pag"])
+def test_engine_contender_runs_the_variant(inputs, name, tmp_path):
+    """An engine contender (openvino, CPU) builds the variant's engines in its prepare step (ControlNet: its graph,
+    transformer_control and the DC-AE encoder; CFG + PAG: three rows a step) and its output = the torch contender's."""
+    pytest.importorskip("openvino")
+    from sana_deploy.bench.contenders.quantized import OpenVinoContender
+
+    model, options, _, _ = VARIANTS[name]
+    case = BenchCase(model, 512, steps=2, **_options(inputs, options))
+    ctx = CaseContext(case, load_case_components(case), tmp_path)
+    engines = OpenVinoContender().prepare(ctx)
+    assert engines.missing == {}
+    times = engines.run()
+    assert all(b.startswith("openvino") for b in times.backends.values()), times.backends
+    if name == "controlnet":
+        assert times.denoiser == "split+controlnet" and "ControlNet openvino" in times.backends["transformer"]
+    ref = TorchContender().prepare(ctx)
+    ref.run()
+    err = float(np.abs(np.asarray(engines.last_output) - np.asarray(ref.last_output)).max())
+    print(f"{name}: openvino contender vs torch contender max abs err {err:.2e}")
+    assert err <= 1 / 255
