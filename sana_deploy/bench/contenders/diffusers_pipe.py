@@ -1,7 +1,9 @@
 """The two baselines users would otherwise pick: diffusers' ``SanaPipeline`` eager (``diffusers-eager``) and the
 same pipeline with ``torch.compile`` on the transformer and the VAE decoder (``torch-compile``).
 
-The pipeline is built from the case's modules (``SanaSprintPipeline`` with ``SCMScheduler`` for a Sana-Sprint model):
+The pipeline is built from the case's modules (for a variant, its diffusers pipeline: ``SanaPAGPipeline``,
+``SanaControlNetPipeline``, ``SanaSprintPipeline`` / ``SanaSprintImg2ImgPipeline`` with ``SCMScheduler`` for a
+Sana-Sprint model; base-Sana img2img has none, and the baseline is skipped):
 diffusers' own ``SanaTransformer2DModel`` holding our transformer's
 weights (same parameter names), the same DC-AE, Gemma-2 and tokenizer, and Sana's flow DPM-Solver scheduler -- so
 it does the same work as the product pipeline. One timed run is one ``pipe(...)`` call with the same request
