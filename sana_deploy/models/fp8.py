@@ -128,5 +128,15 @@ def fp8_supported(device: torch.device | str | None = None) -> tuple[bool, str]:
     return True, f"sm{major}{minor}"
 
 
-__all__ = ["E4M3", "Float8Linear", "Fp8Error", "fp8_layer_names", "fp8_matmul", "fp8_supported", "quantize_rows"]
-__all__ += ["to_fp8_"]
+def fp8_unavailable(device: str) -> str | None:
+    """Why FP8 layers cannot run on ``device`` (``"cuda"``, ``"cpu"``, ...), or None when they can."""
+    ok, why = fp8_supported()
+    if not ok:
+        return f"FP8 layers need a CUDA GPU with FP8 tensor cores: {why}"
+    if not str(device).startswith("cuda"):
+        return f"FP8 layers run on the GPU ({why}), not on {device}: use the cuda device"
+    return None
+
+
+__all__ = ["E4M3", "Float8Linear", "Fp8Error", "fp8_layer_names", "fp8_matmul", "fp8_supported", "fp8_unavailable"]
+__all__ += ["quantize_rows", "to_fp8_"]

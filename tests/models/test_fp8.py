@@ -120,3 +120,15 @@ def test_fp8_transformer_traces_with_torch_export():
     traced = traced[0] if isinstance(traced, (tuple, list)) else traced
     assert _rel(traced, eager) < 1e-2
     assert any(n.target == torch.ops.aten.clamp.default for n in program.graph.nodes)  # the activation quantizer
+
+
+def test_bench_fp8_contenders_say_why_they_cannot_run_here():
+    from sana_deploy.bench.case import BenchCase
+    from sana_deploy.bench.contenders import parse_backends
+
+    case = BenchCase("sana-tiny", 512, 2, 4.5, "bf16", "cpu")
+    for contender in parse_backends("torch[quantize=fp8],aoti[precision=fp8]", add_baseline=False):
+        assert "FP8 layers need a CUDA GPU" in contender.unavailable(case)
+    assert parse_backends("torch", add_baseline=False)[0].unavailable(case) is None
+    with pytest.raises(SanaDeployError, match="only fp8"):
+        parse_backends("torch[quantize=int4]", add_baseline=False)

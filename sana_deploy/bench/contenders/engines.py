@@ -19,7 +19,7 @@ from sana_deploy.bench.case import DECODE_STAGES, BenchCase
 from sana_deploy.bench.contenders.base import CaseContext, PipelineContender, Prepared
 from sana_deploy.contract import pipeline_components
 from sana_deploy.errors import SanaDeployError, fail
-from sana_deploy.models.fp8 import fp8_supported
+from sana_deploy.models.fp8 import fp8_unavailable
 from sana_deploy.runtime.pipeline import SanaDeployPipeline
 
 
@@ -120,10 +120,8 @@ class AotiContender(EngineContender):
         return self.options.get("precision", case.precision)
 
     def unavailable(self, case: BenchCase) -> str | None:
-        if self.options.get("precision") == "fp8":
-            ok, why = fp8_supported()
-            if not ok or not case.device.startswith("cuda"):
-                return f"FP8 packages need --device cuda on a GPU with FP8 tensor cores ({why})"
+        if self.options.get("precision") == "fp8" and (why := fp8_unavailable(case.device)):
+            return why
         return super().unavailable(case)
 
 

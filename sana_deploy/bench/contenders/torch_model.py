@@ -15,7 +15,7 @@ import copy
 from sana_deploy.bench.case import BenchCase
 from sana_deploy.bench.contenders.base import CaseContext, PipelineContender, Prepared
 from sana_deploy.errors import fail
-from sana_deploy.models.fp8 import fp8_supported
+from sana_deploy.models.fp8 import fp8_unavailable
 from sana_deploy.runtime.assemble import default_kernels
 from sana_deploy.runtime.pipeline import SanaDeployPipeline
 
@@ -31,10 +31,8 @@ class TorchContender(PipelineContender):
             fail(f"torch option quantize={self.options['quantize']!r}: only fp8 (FP8 linear layers) is offered.")
 
     def unavailable(self, case: BenchCase) -> str | None:
-        if self.options.get("quantize") == "fp8":
-            ok, why = fp8_supported()
-            if not ok or not case.device.startswith("cuda"):
-                return f"FP8 layers need --device cuda on a GPU with FP8 tensor cores ({why})"
+        if self.options.get("quantize") == "fp8" and (why := fp8_unavailable(case.device)):
+            return why
         return super().unavailable(case)
 
     def make_pipeline(self, ctx: CaseContext) -> tuple[SanaDeployPipeline, Prepared]:
