@@ -130,7 +130,7 @@ def calibrate(args: argparse.Namespace, cells: str, work: Path) -> str | None:
     model, _random = ctx.engine_model()
     prompts = list(DEFAULT_PROMPTS[: args.calib_prompts])
     result = quantize_model(
-        model, "int8", None, prompts, steps=args.calib_steps, size=args.size, export_root=ctx.export_root,
+        model, "int8", args.tool, prompts, steps=args.calib_steps, size=args.size, export_root=ctx.export_root,
         loaded=comps, say=_say,
     )  # fmt: skip
     del comps, ctx
@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interleave", action="store_true", help="round-robin timing (every pipeline held at once)")
     p.add_argument("--calib-prompts", type=int, default=4, help="first N of the built-in calibration prompts")
     p.add_argument("--calib-steps", type=int, default=20)
+    p.add_argument("--tool", default=None, help="int8 quantizer: nncf (default), onnxruntime or modelopt")
     p.add_argument("--no-speed", action="store_true", help="quality only")
     p.add_argument("--no-quality", action="store_true", help="speed only")
     p.add_argument("--work-dir", type=Path, default=None)
