@@ -16,8 +16,9 @@ from pathlib import Path
 from sana_deploy.contract import MISS_POLICIES, parse_profiles
 from sana_deploy.contract import bucket_sizes as contract_bucket_sizes
 from sana_deploy.errors import SanaDeployError, ShapeError, fail
-from sana_deploy.models.config import PRESETS
+from sana_deploy.models.config import PRESETS, SanaPreset
 from sana_deploy.models.controlnet import check_fits, folder_config
+from sana_deploy.models.loaders import load_diffusers_folder
 from sana_deploy.runtime.resolution import MAX_SIDE
 from sana_deploy.runtime.solvers import DEFAULT_STEPS
 
@@ -225,10 +226,10 @@ def default_settings(
     resolution. Invalid settings raise :class:`ServeSettingsError`.
 
     The API key is ``api_key`` or, when that is None, the ``SANA_DEPLOY_API_KEY`` environment variable. A preset
-    model sets ``sprint`` and ``num_layers``, and a Sana-Sprint model's default steps are its solver's (2) unless
-    ``num_inference_steps`` is given.
+    or a diffusers folder (its configs) sets ``sprint`` and ``num_layers``, and a Sana-Sprint model's default steps
+    are its solver's (2) unless ``num_inference_steps`` is given.
     """
-    preset = PRESETS.get(model_name)
+    preset = _model_preset(model_name)
     base = preset.resolution if preset is not None else 1024
     if preset is not None:
         overrides.setdefault("sprint", preset.sprint)
@@ -249,6 +250,19 @@ def default_settings(
         default = squares[0] if squares else allowed[0]
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
     return ServeSettings(sizes=allowed, default_size=default, api_key=key, model_name=model_name, **overrides)
+
+
+def _model_preset(model_name: str) -> SanaPreset | None:
+    """The preset of a preset name, or of a diffusers folder from its configs (no weights read); None otherwise
+    (the model loader reports a bad folder)."""
+    if model_name.lower() in PRESETS and not Path(model_name).exists():
+        return PRESETS[model_name.lower()]
+    if Path(model_name).is_dir():
+        try:
+            return load_diffusers_folder(Path(model_name), components=()).preset
+        except SanaDeployError:
+            return None
+    return None
 
 
 def adapter_files(lora_dir: str | Path) -> dict[str, Path]:
