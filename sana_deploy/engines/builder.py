@@ -8,6 +8,7 @@ building, leftovers of killed builds and finished background builds are removed 
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sys
 import time
@@ -208,6 +209,18 @@ def _build_into(
     return SaveEngine(EngineFromOnnx(backend, job), cache, meta)()
 
 
+def _reuse(loaded: SanaComponents | None, modules: tuple[str, ...]) -> SanaComponents | None:
+    """``loaded`` for a build that needs ``modules`` (a shallow copy, so the build's additions stay its own)."""
+    if loaded is None:
+        return None
+    if missing := [m for m in modules if getattr(loaded, m, None) is None]:
+        fail(
+            f"The components passed to build_engines lack {', '.join(missing)}, which this build exports; load them "
+            f"too, or pass loaded=None to load the model here."
+        )
+    return dataclasses.replace(loaded)
+
+
 def build_engines(
     model: str = "sana-tiny",
     profiles: Iterable[int] | str = (1024,),
@@ -227,6 +240,7 @@ def build_engines(
     quantize: str | None = None,
     recipe: str | None = None,
     controlnet: str | Path | None = None,
+    loaded: SanaComponents | None = None,
 ) -> list[EngineEntry]:
     """Build (or find) one engine per component and profile. Returns the entries, ``.hit`` set on cache hits.
 
@@ -237,6 +251,8 @@ def build_engines(
     ``controlnet``: a Sana ControlNet folder, for the ``controlnet`` graph (its engines are cached under the
     ControlNet's folder name) and ``transformer_control`` (which takes as many residuals as it has blocks); with
     ``components`` None, those two and the DC-AE encoder are built too.
+    ``loaded``: ``model``'s components already in memory (every module the build needs), used instead of loading
+    them a second time; a process that holds the model while it builds (the bench) then holds one copy, not two.
     """
     say = say or (lambda m: print(f"[sana-deploy build] {m}", file=sys.stderr, flush=True))
     precision, quantize = split_precision(precision, quantize)
@@ -257,7 +273,9 @@ def build_engines(
     cache = EngineCache(engine_dir)
     cache.check_writable()  # a read-only or file --engine-dir fails here, before the model is loaded or exported
     modules = tuple(dict.fromkeys(module_of(c) for c in names if c != CONTROLNET))
-    components = load_components(model, modules, preset=preset, random_weights=random_weights)
+    components = _reuse(loaded, modules)
+    if components is None:
+        components = load_components(model, modules, preset=preset, random_weights=random_weights)
     cache_models = {c: model for c in names}
     if controlnet is not None:
         components.controlnet = load_controlnet(controlnet, components.preset)

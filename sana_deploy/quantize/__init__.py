@@ -251,10 +251,12 @@ def ensure_quantized(
     preset: str | None = None,
     random_weights: bool = False,
     say: Callable[[str], None] | None = None,
+    loaded: SanaComponents | None = None,
 ) -> str | None:
     """What ``sana-deploy build --quantize MODE`` runs first: nothing when every transformer graph of the build has
     a ``mode`` export the backend runs (the builder picks the newest and checks its weights), else a calibration
-    with the defaults (built-in prompts, 20 steps at 512²); returns the recipe name it wrote, or None."""
+    with the defaults (built-in prompts, 20 steps at 512²); returns the recipe name it wrote, or None.
+    ``loaded``: the model's components already in memory, calibrated instead of loading a second copy."""
     from sana_deploy.export.quantized import BACKENDS, SELF_QUANTIZING
 
     check_backend(mode, backend)  # before a calibration that could not be used
@@ -269,7 +271,7 @@ def ensure_quantized(
     say(f"no {mode} graph of {', '.join(names)} for {backend} in {root}: calibrating on the built-in prompts")
     result = quantize_model(
         model, mode, components=names, export_root=root, preset=preset, random_weights=random_weights,
-        backend=backend, say=say,
+        backend=backend, say=say, loaded=loaded,
     )  # fmt: skip
     return result.recipe.name
 

@@ -12,7 +12,7 @@ from sana_deploy.contract import BASE_GRAPHS, PIPELINE_COMPONENTS
 from sana_deploy.engines import EngineCache, build_engines, load_runner
 from sana_deploy.engines.backends import EngineBuildError
 from sana_deploy.engines.resolve import resolve
-from sana_deploy.errors import ShapeError
+from sana_deploy.errors import SanaDeployError, ShapeError
 
 # (height, width, batch) inside each profile: the opt shape, a non-square bucket, batch 1
 INSIDE = {
@@ -222,3 +222,46 @@ def test_aoti_vae_static_matches_and_dynamic_is_checked(export_root, tmp_path, t
     for h, w, b in VAE_INSIDE[512]:
         inputs, ref = torch_reference(tiny, "vae", pixel_sizes("vae", h, w, b), seed=5)
         assert rel_err(load_runner(dyn)(**inputs)["sample"], ref["sample"]) <= 1e-5
+
+
+def test_a_build_from_loaded_components_loads_nothing_and_finds_the_same_engines(
+    ort_engines, export_root, tiny, monkeypatch
+):
+    """``loaded=``: the bench builds from the model it holds; same weights, so the same cache keys (cache hits)."""
+    import sana_deploy.engines.builder as builder
+
+    root, entries = ort_engines
+
+    def no_load(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("build_engines loaded the model although it was passed in")
+
+    monkeypatch.setattr(builder, "load_components", no_load)
+    again = build_engines(
+        "sana-tiny", "512", backend="onnxruntime", engine_dir=root, export_root=export_root,
+        components=("transformer", "vae"), progress=False, loaded=tiny,
+    )  # fmt: skip
+    before = {(e.component, e.profile.name): e.key for e in entries}
+    assert all(e.hit for e in again)
+    assert {(e.component, e.profile.name): e.key for e in again}.items() <= before.items()
+
+
+def test_loaded_components_must_hold_what_the_build_exports(export_root, tmp_path):
+    from sana_deploy.models.random import random_components
+
+    only_vae = random_components("sana-tiny", components=("vae",))
+    with pytest.raises(SanaDeployError, match="lack transformer"):
+        build_engines(
+            "sana-tiny", "512", backend="onnxruntime", engine_dir=tmp_path, export_root=export_root,
+            components="transformer", progress=False, loaded=only_vae,
+        )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_an_aoti_bf16_build_leaves_the_loaded_model_as_it_was(export_root, tmp_path, tiny):
+    before = {p.dtype for p in tiny.transformer.parameters()}
+    (entry,) = build_engines(
+        "sana-tiny", "512", backend="aoti", precision="bf16", components="transformer_text", engine_dir=tmp_path,
+        export_root=export_root, progress=False, loaded=tiny,
+    )  # fmt: skip
+    assert entry.precision == "bf16"
+    assert {p.dtype for p in tiny.transformer.parameters()} == before == {torch.float32}
