@@ -115,7 +115,7 @@ def quality(args: argparse.Namespace, cells: str, work: Path) -> tuple[dict, dic
             "text_encode_negative_cached_s": got.seconds["text_encoder"],
             "backends": got.backends,
         }
-        del pipe, got
+        del pipe, got, _prepared  # its release closure holds the pipeline too
         gc.collect()
     return out, reference
 

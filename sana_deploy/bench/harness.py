@@ -155,8 +155,13 @@ def _prepare(backend: Contender, ctx: CaseContext, entry: dict, progress: Callab
 
 
 def _release(prepared: Prepared | None, device: str) -> None:
-    if prepared is not None and prepared.release is not None:
-        prepared.release()
+    """Free a contender's pipeline now, before the next one loads. Its ``run``/``release`` closures reference the
+    pipeline and ``prepared`` (a cycle): dropped here, or the pipeline (at 0.6B, gigabytes of sessions) lives on
+    until some later full collection, next to the next contender's."""
+    if prepared is not None:
+        if prepared.release is not None:
+            prepared.release()
+        prepared.run = prepared.release = None
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()

@@ -103,3 +103,33 @@ def test_outputs_render(bench_run, tmp_path):
     table = collate([files["json"], files["json"]])
     rows = [line for line in table.splitlines() if "| sana-tiny |" in line]
     assert len(rows) == 2 * len(RAN)
+
+
+def test_a_released_contender_frees_its_pipeline_before_the_next_loads(tiny, tiny_export, tmp_path, monkeypatch):
+    """The harness drops a contender's pipeline when it releases it, not at a later full collection: at 0.6B two
+    contenders' sessions side by side did not fit in 24 GB. (The onnxruntime contender's release closure holds its
+    pipeline, as any contender's may.)"""
+    import weakref
+
+    from sana_deploy.bench import harness
+    from sana_deploy.bench.case import BenchCase
+    from sana_deploy.bench.contenders import CaseContext, parse_backends
+
+    (contender,) = parse_backends("onnxruntime", add_baseline=False)
+    refs = []
+    make = type(contender).make_pipeline
+
+    def spy(self, ctx):  # noqa: ANN001, ANN202
+        pipe, prepared = make(self, ctx)
+        refs.append(weakref.ref(pipe))
+        return pipe, prepared
+
+    monkeypatch.setattr(type(contender), "make_pipeline", spy)
+    case = BenchCase("sana-tiny", 512, 2)
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "sana-tiny").symlink_to(tiny_export[0], target_is_directory=True)
+    ctx = CaseContext(case, tiny, tmp_path)
+    prepared = contender.prepare(ctx)
+    assert prepared.run() is not None and refs[0]() is not None
+    harness._release(prepared, "cpu")
+    assert refs[0]() is None  # gone although ``prepared`` is still referenced here
