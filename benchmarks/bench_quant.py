@@ -20,6 +20,9 @@ Random weights are not trained weights: see docs/QUANTIZATION.md for what this d
     python benchmarks/bench_quant.py --model sana-0.6b-512 --size 512 --steps 20 --runs 3 --text-encoder-layers 13 \\
         --json benchmarks/results/quant-cpu-0.6b-512.json --markdown benchmarks/results/quant-cpu-0.6b-512.md
     python benchmarks/bench_quant.py --model sana-tiny --steps 2 --runs 1 --warmup 0 --calib-steps 2   # smoke test
+
+The two phases can run apart (``--no-quality --json speed.json``, then ``--no-speed --speed-from speed.json``), so
+the timed phase gets the quiet machine and one table still holds both.
 """
 
 from __future__ import annotations
@@ -196,14 +199,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tool", default=None, help="int8 quantizer: nncf (default), onnxruntime or modelopt")
     p.add_argument("--no-speed", action="store_true", help="quality only")
     p.add_argument("--no-quality", action="store_true", help="speed only")
+    p.add_argument(
+        "--speed-from", type=Path, default=None,
+        help="with --no-speed: the speed results of an earlier --no-quality run's --json, so one table holds both",
+    )  # fmt: skip
     p.add_argument("--work-dir", type=Path, default=None)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--markdown", type=Path, default=None)
     args = p.parse_args(argv)
+    if args.speed_from is not None and not args.no_speed:
+        p.error("--speed-from takes the speed results of an earlier run: pass --no-speed too")
     work = args.work_dir or Path.home() / ".cache" / "sana-deploy" / "bench-quant"
     work.mkdir(parents=True, exist_ok=True)
     recipe = calibrate(args, args.cells, work)
     speed = {"results": []}
+    if args.speed_from is not None:
+        speed = json.loads(args.speed_from.read_text())["speed"]
     if not args.no_speed:
         _say(f"speed: {args.cells} against diffusers eager fp32")
         speed = bench(

@@ -51,8 +51,12 @@ def test_runs_end_to_end_at_tiny_scale(tmp_path, tiny_export):
     shutil.copytree(tiny_export[0], work / "export" / "sana-tiny")  # the session's exports: no re-export
     cells = "onnxruntime-int8,openvino[precision=bf16]"
     out = tmp_path / "q.json"
-    rc = bq.main(["--model", "sana-tiny", "--steps", "2", "--runs", "1", "--warmup", "0", "--calib-steps", "2",
-                  "--calib-prompts", "1", "--cells", cells, "--work-dir", str(work), "--json", str(out),
+    common = ["--model", "sana-tiny", "--steps", "2", "--runs", "1", "--warmup", "0", "--calib-steps", "2",
+              "--calib-prompts", "1", "--cells", cells, "--work-dir", str(work)]  # fmt: skip
+    # speed, then quality in a second run that takes the first one's speed results (one table for both)
+    assert bq.main([*common, "--no-quality", "--json", str(tmp_path / "speed.json")]) == 0
+    assert json.loads((tmp_path / "speed.json").read_text())["quality"] == {}
+    rc = bq.main([*common, "--no-speed", "--speed-from", str(tmp_path / "speed.json"), "--json", str(out),
                   "--markdown", str(tmp_path / "q.md")])  # fmt: skip
     assert rc == 0
     result = json.loads(out.read_text())
@@ -65,6 +69,11 @@ def test_runs_end_to_end_at_tiny_scale(tmp_path, tiny_export):
         assert 1e-5 < q["max_rel_l2"] <= q["bound"] and q["within_bound"]
         assert 20 < q["psnr_db"] < 200 and q["e2e_negative_cached_s"] > 0
     assert "| onnxruntime-int8 | int8 |" in (tmp_path / "q.md").read_text()
+
+
+def test_speed_from_needs_no_speed(tmp_path):
+    with pytest.raises(SystemExit):
+        _script().main(["--speed-from", str(tmp_path / "speed.json"), "--work-dir", str(tmp_path)])
 
 
 def test_quantized_contenders_parse_and_check_options():
