@@ -72,6 +72,12 @@ class CaseContext:
         """Where this model's ONNX exports go (keyed by weights hash inside, so reruns reuse them)."""
         return self.work_dir / "export" / model_dirname(self.comps.model_id).replace(os.sep, "_")
 
+    @property
+    def build_comps(self) -> SanaComponents | None:
+        """What a build or calibration reuses instead of loading the model again: on the CPU, ``comps`` (at 0.6B,
+        two copies and an engine being optimised do not fit in 24 GB); elsewhere None (the builder loads its own)."""
+        return self.comps if self.case.device == "cpu" else None
+
     def engine_model(self) -> tuple[str, bool]:
         """``(model, random_weights)`` for ``build_engines``/``from_engines``: the same weights as ``comps``.
 

@@ -67,9 +67,7 @@ class EngineContender(PipelineContender):
             progress=False,
             kv_cache=self.split,
             controlnet=case.controlnet,
-            # on the CPU the build uses the case's loaded model rather than loading a second copy (at 0.6B, two
-            # copies and an engine being optimised do not fit in 24 GB)
-            loaded=ctx.comps if case.device == "cpu" else None,
+            loaded=ctx.build_comps,
         )
         # what the pipeline runs (the DC-AE apart, below) and the variant's graphs, built here rather than on the
         # first call

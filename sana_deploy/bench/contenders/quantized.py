@@ -30,7 +30,7 @@ class _QuantizingContender(EngineContender):
             model, random_weights = ctx.engine_model()
             written = ensure_quantized(
                 model, "int8", self.backend, pipeline_components(self.split), ctx.export_root,
-                random_weights=random_weights, loaded=ctx.comps if ctx.case.device == "cpu" else None,
+                random_weights=random_weights, loaded=ctx.build_comps,
             )  # fmt: skip
             notes.append(f"int8 recipe {written} calibrated here" if written else "int8 recipe found in the exports")
         pipe, prepared = super().make_pipeline(ctx)
