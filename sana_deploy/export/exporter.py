@@ -13,7 +13,6 @@ checked).
 
 from __future__ import annotations
 
-import copy
 import gc
 import json
 import logging
@@ -35,7 +34,7 @@ from sana_deploy.export.exact_rules import exact_no_op_rules
 from sana_deploy.export.onnx_functions import DOMAIN, FUNCTION_VERSION, PLUGIN_ATTRS, attach_functions, register_schemas
 from sana_deploy.export.parity import ParityResult, check_parity
 from sana_deploy.export.specs import SPECS, ExportSpec, axis_factor
-from sana_deploy.models.components import SanaComponents
+from sana_deploy.models.components import SanaComponents, cast_copy
 from sana_deploy.plugins.registry import use_kernels
 from sana_deploy.runners.weights import match_weights, onnx_initializers, write_weight_map
 from sana_deploy.versions import package_versions
@@ -153,12 +152,6 @@ def _release_weights(module: torch.nn.Module) -> None:
                 obj._raw = None
 
 
-def _in_dtype(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """``module`` in ``dtype``; a copy when it is in another dtype, so the caller's modules stay as loaded."""
-    current = {p.dtype for p in module.parameters() if p.is_floating_point()}
-    return module if current == {dtype} else copy.deepcopy(module).to(dtype)
-
-
 def _weight_bytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
@@ -234,7 +227,7 @@ def export_component(
     final = export_dir(Path(out), component, precision)
     _check_writable(final.parent)
     _clean_stale_temps(final.parent)
-    module = _in_dtype(spec.wrap(components).eval(), dtype)
+    module = cast_copy(spec.wrap(components).eval(), dtype)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{component}-", dir=final.parent))
     try:
         _progress(f"{component} ({precision}): tracing with torch.export (dynamic {', '.join(spec.axes)})")
@@ -250,7 +243,7 @@ def export_component(
         if not unsafe_skip_parity:
             # The reference is the fp32 PyTorch model: ONNX Runtime's CPU provider runs fp16 graphs with fp32
             # kernels anyway, and PyTorch's own fp16 CPU path is far too slow for real-size models.
-            reference = _in_dtype(module, torch.float32)
+            reference = cast_copy(module, torch.float32)
             sizes = spec.parity_sizes if level == "full" else spec.quick_parity_sizes
             results = check_parity(
                 tmp / MODEL_FILE, reference, spec, components, precision, progress=_progress, sizes=sizes

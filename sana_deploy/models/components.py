@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass, field
 
@@ -21,6 +22,16 @@ def module_hash(module: nn.Module) -> str:
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def cast_copy(module: nn.Module, dtype: torch.dtype, device: str | torch.device | None = None) -> nn.Module:
+    """``module`` in ``dtype`` (and on ``device``; None: where it is). A cast copy when any floating-point parameter
+    is elsewhere, so the caller's modules (a pipeline's, the bench's) stay as loaded; ``module`` itself otherwise."""
+    target = None if device is None else torch.device(device).type
+    have = {(p.device.type, p.dtype) for p in module.parameters() if p.is_floating_point()}
+    if len(have) <= 1 and all(dt == dtype and target in (None, dev) for dev, dt in have):
+        return module
+    return copy.deepcopy(module).to(device=device, dtype=dtype)
 
 
 @dataclass

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from sana_deploy.engines.backends.base import Backend, BuildJob, BuildOptions, BuildOutput, EngineBuildError
 from sana_deploy.engines.devices import cuda_available, current_device
 from sana_deploy.errors import SanaDeployError, fail
+from sana_deploy.models.components import cast_copy
 from sana_deploy.models.fp8 import to_fp8_
 
 ARTIFACT = "model.pt2"
@@ -162,9 +163,9 @@ class AotiBackend(Backend):
         if fp8 and module_of(job.component) in ("transformer", CONTROLNET):
             module = copy.deepcopy(module)  # the loaded model stays as it is for the build's other graphs
             to_fp8_(module)
-        elif {(p.device.type, p.dtype) for p in module.parameters() if p.is_floating_point()} != {(device, dtype)}:
-            module = copy.deepcopy(module)  # cast a copy: the caller's components (the bench's) stay as loaded
-        module = module.to(device=device, dtype=dtype).eval()
+            module = module.to(device=device, dtype=dtype).eval()
+        else:
+            module = cast_copy(module, dtype, device).eval()  # the caller's components (the bench's) stay as loaded
         sizes = trace_sizes(job.profile.axes)
         inputs = {k: v.to(device) for k, v in spec.dummy_inputs(components, sizes).items()}
         job.progress(f"torch.export ({device}, {dtype}) at {sizes}")
