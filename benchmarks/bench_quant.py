@@ -39,7 +39,7 @@ import numpy as np
 from sana_deploy.bench import bench
 from sana_deploy.bench.case import PROMPT, BenchCase
 from sana_deploy.bench.contenders import CaseContext, parse_backends
-from sana_deploy.bench.harness import load_case_components
+from sana_deploy.bench.harness import load_case_components, release_prepared
 from sana_deploy.bench.quality import per_step_errors, psnr
 from sana_deploy.bench.report import markdown as bench_markdown
 from sana_deploy.bench.report import write_json
@@ -97,7 +97,7 @@ def quality(args: argparse.Namespace, cells: str, work: Path) -> tuple[dict, dic
             out[label] = {"status": "skipped", "reason": why}
             continue
         _say(f"quality of {label}")
-        pipe, _prepared = contender.make_pipeline(ctx)
+        pipe, prepared = contender.make_pipeline(ctx)
         pipe.prompt_cache = PromptCache(8)
         errors, timesteps = per_step_errors(pipe, held, args.size)
         request(pipe, WARM_PROMPT, args)  # loads the engines and caches the "" negative prompt
@@ -118,8 +118,8 @@ def quality(args: argparse.Namespace, cells: str, work: Path) -> tuple[dict, dic
             "text_encode_negative_cached_s": got.seconds["text_encoder"],
             "backends": got.backends,
         }
-        del pipe, got, _prepared  # its release closure holds the pipeline too
-        gc.collect()
+        del pipe, got
+        release_prepared(prepared, "cpu")  # before the next cell's engines load
     return out, reference
 
 

@@ -131,5 +131,5 @@ def test_a_released_contender_frees_its_pipeline_before_the_next_loads(tiny, tin
     ctx = CaseContext(case, tiny, tmp_path)
     prepared = contender.prepare(ctx)
     assert prepared.run() is not None and refs[0]() is not None
-    harness._release(prepared, "cpu")
+    harness.release_prepared(prepared, "cpu")
     assert refs[0]() is None  # gone although ``prepared`` is still referenced here
