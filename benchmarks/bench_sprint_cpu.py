@@ -69,6 +69,10 @@ def summary(sprint: dict, base: dict) -> dict:
         "sprint_ours_vs_diffusers_sprint_eager": theirs / ours_sprint if theirs and ours_sprint else None,
         "sprint_ours_vs_base_ours": ours_base / ours_sprint if ours_base and ours_sprint else None,
     }
+    for r in rows:  # every other sana-deploy backend of the Sprint run, against the same baseline
+        if r["run"] == "sprint" and r["status"] == "ok" and r["backend"] not in ("onnxruntime", "diffusers-eager"):
+            got = r["median_ms"].get("e2e")
+            speedups[f"sprint_{r['backend']}_vs_diffusers_sprint_eager"] = theirs / got if theirs and got else None
     return {"rows": rows, "speedups": speedups, "goal": "sprint_ours_vs_diffusers_sprint_eager >= 1.5"}
 
 
@@ -101,6 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sprint-steps", type=int, default=2)
     p.add_argument("--base-steps", type=int, default=20)
     p.add_argument("--backends", default="onnxruntime", help="sana-deploy backends of both runs")
+    p.add_argument(
+        "--sprint-backends", default=None,
+        help="backends of the Sprint run (default: --backends); e.g. add openvino[precision=bf16] there only",
+    )  # fmt: skip
+    p.add_argument(
+        "--sequential", action="store_true",
+        help="time one contender after the other instead of round-robin: one pipeline in memory at a time (at "
+        "1024² the interleaved run holds diffusers' and ours together, over 24 GB at 0.6B)",
+    )  # fmt: skip
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--text-encoder-layers", type=int, default=None)
@@ -115,9 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     common = {
         "profiles": args.profile, "backends": args.backends, "warmup": args.warmup, "runs": args.runs,
         "precision": "fp32", "device": "cpu", "text_encoder_layers": args.text_encoder_layers,
-        "work_dir": args.work_dir, "interleave": True,
+        "work_dir": args.work_dir, "interleave": not args.sequential,
     }  # fmt: skip
-    sprint = bench(model=args.sprint_model, steps=args.sprint_steps, baseline=True, **common)
+    sprint_common = {**common, "backends": args.sprint_backends or args.backends}
+    sprint = bench(model=args.sprint_model, steps=args.sprint_steps, baseline=True, **sprint_common)
     print(text_table(sprint))
     base = bench(model=args.base_model, steps=args.base_steps, baseline=False, **common)
     print(text_table(base))
