@@ -623,6 +623,11 @@ CASES: list[Case] = [
         ("quantize", "--mode", "int8", "--calib-size", "300"),
         "--calib-size must be a multiple of 32",
     ),
+    Case(
+        "quantize-fp8-7-bit-weights",
+        ("quantize", "--mode", "fp8", "--weight-bits", "7"),
+        "--weight-bits 7 is for int8 CPU graphs",
+    ),
     Case("serve-max-n-zero", (*SERVE, "--max-n", "0"), "--max-n", timeout=SERVE_TIMEOUT_S),
     Case("serve-lora-dir-missing", (*SERVE, "--lora-dir", "nope"), "--lora-dir", timeout=SERVE_TIMEOUT_S),
     Case(

@@ -52,6 +52,14 @@ TOOL_CHOICES = ("auto", "nncf", "modelopt", "onnxruntime")
     help="Comma-separated module-path patterns kept in fp32, replacing the defaults "
     f"[{','.join(DEFAULT_EXCLUDE)}]. Attention products and the linear attention are never quantized.",
 )
+@click.option(
+    "--weight-bits",
+    type=click.Choice(["auto", "7", "8"]),
+    default="auto",
+    show_default=True,
+    help="int8 weight range for CPU graphs [auto: 7 when this CPU has no VNNI, whose int8 kernels saturate with "
+    "8-bit weights; 8 otherwise]. Pass 7 for graphs made on a VNNI machine that will run on CPUs without it.",
+)
 @click.option("--export-dir", type=click.Path(path_type=Path), default=None, help="Export root [export/<model>].")
 def quantize(
     model: str,
@@ -66,6 +74,7 @@ def quantize(
     seed: int,
     components: str | None,
     exclude: str | None,
+    weight_bits: str,
     export_dir: Path | None,
 ) -> None:
     """Calibrate on the pipeline and write Q/DQ transformer graphs (one folder per recipe) for `build --quantize`."""
@@ -87,8 +96,12 @@ def quantize(
         preset=preset,
         random_weights=random_weights,
         backend=for_backend,
+        weight_bits=None if weight_bits == "auto" else int(weight_bits),
     )
-    click.echo(f"\nrecipe {result.recipe.name} ({result.recipe.tool}){' (already written)' if result.reused else ''}")
+    bits = f", {result.recipe.weight_bits}-bit weights" if result.recipe.mode == "int8" else ""
+    click.echo(
+        f"\nrecipe {result.recipe.name} ({result.recipe.tool}{bits}){' (already written)' if result.reused else ''}"
+    )
     header = ["component", "quantized", "kept fp32", "Q/DQ types", "max rel L2 (calib)", "bound", "graph"]
     rows = []
     for component, (path, manifest) in result.exports.items():

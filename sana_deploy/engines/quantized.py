@@ -9,10 +9,12 @@ carry their recipe in the key's flags, so ``find(precision="fp32")`` (or no prec
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 from sana_deploy.engines.backends.base import Backend, BuildOptions
 from sana_deploy.errors import fail
+from sana_deploy.export.int8_overflow import required_weight_bits
 from sana_deploy.export.quantized import (
     BACKENDS,
     QUANT_MODES,
@@ -77,7 +79,17 @@ def quantized_export(
     if component not in QUANTIZABLE or backend in SELF_QUANTIZING[mode]:
         return None
     tools = tuple(t for (m, t), backends in BACKENDS.items() if m == mode and backend in backends)
-    found = find_quantized(root, component, mode, recipe, weights_sha256, tools)
+    bits = required_weight_bits(mode, backend)  # 7 on a CPU whose int8 kernels saturate with 8-bit weights
+    found = (bits and find_quantized(root, component, mode, recipe, weights_sha256, tools, bits)) or find_quantized(
+        root, component, mode, recipe, weights_sha256, tools
+    )
+    if found is not None and bits and found[1]["quantization"].get("weight_bits", 8) != bits:
+        warnings.warn(
+            f"The {mode} graph of {component} ({found[1]['quantization']['recipe']}) has 8-bit weights, and this "
+            f"CPU's int8 kernels (no VNNI) saturate with them: expect several times the int8 error. Quantize on "
+            f"this machine (`sana-deploy quantize --mode int8` picks 7-bit weights here) or pass --weight-bits 7.",
+            stacklevel=2,
+        )
     if found is None:
         other = find_quantized(root, component, mode, recipe, weights_sha256)
         if other is not None:  # there is one, for another backend's kind of Q/DQ

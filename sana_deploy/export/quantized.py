@@ -126,14 +126,18 @@ class QuantRecipe:
     tool: str
     calibration_sha256: str
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+    weight_bits: int = 8  # 7 on CPUs whose int8 kernels saturate (sana_deploy.export.int8_overflow)
 
     def fields(self) -> dict:
-        return {
+        fields = {
             "mode": self.mode,
             "tool": self.tool,
             "calibration_sha256": self.calibration_sha256,
             "exclude": list(self.exclude),
         }
+        if self.weight_bits != 8:  # 8-bit recipes keep the names they had before the field existed
+            fields["weight_bits"] = self.weight_bits
+        return fields
 
     @property
     def digest(self) -> str:
@@ -147,7 +151,9 @@ class QuantRecipe:
 
     @classmethod
     def from_json(cls, data: dict) -> QuantRecipe:
-        return cls(data["mode"], data["tool"], data["calibration_sha256"], tuple(data["exclude"]))
+        return cls(
+            data["mode"], data["tool"], data["calibration_sha256"], tuple(data["exclude"]), data.get("weight_bits", 8)
+        )
 
 
 def calibration_hash(definition: dict) -> str:
@@ -166,9 +172,10 @@ def find_quantized(
     recipe: str | None = None,
     weights_sha256: str | None = None,
     tools: tuple[str, ...] | None = None,
+    weight_bits: int | None = None,
 ) -> tuple[Path, dict] | None:
     """The newest quantized export of ``component`` under ``root`` for ``mode`` (and recipe name/digest prefix,
-    weights, tools when given): ``(model.onnx path, manifest)``, or None."""
+    weights, tools, weight bits when given): ``(model.onnx path, manifest)``, or None."""
     found = []
     for manifest_path in Path(root).glob(f"{mode}-*/{component}/manifest.json"):
         try:
@@ -184,6 +191,8 @@ def find_quantized(
         if weights_sha256 and manifest.get("weights_sha256") != weights_sha256:
             continue
         if tools and q.get("tool") not in tools:
+            continue
+        if weight_bits and q.get("weight_bits", 8) != weight_bits:
             continue
         if not (manifest_path.parent / "model.onnx").exists():
             continue

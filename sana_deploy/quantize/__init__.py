@@ -31,6 +31,7 @@ from sana_deploy.contract import COMPONENTS, default_export_root
 from sana_deploy.errors import fail
 from sana_deploy.export import ensure_export, load_manifest
 from sana_deploy.export.exporter import MANIFEST_FORMAT, _sha256_files
+from sana_deploy.export.int8_overflow import check_weight_bits, default_weight_bits, required_weight_bits
 from sana_deploy.export.quantized import (
     DEFAULT_COMPONENTS,
     DEFAULT_EXCLUDE,
@@ -97,13 +98,17 @@ def quantize_model(
     loaded: SanaComponents | None = None,
     backend: str | None = None,
     say: Callable[[str], None] | None = None,
+    weight_bits: int | None = None,
 ) -> QuantizeResult:
     """Calibrate and write the Q/DQ graphs of one recipe (or find them already written). ``backend``: the engine
-    backend the graphs are for, which picks the default tool (TensorRT takes symmetric int8 only)."""
+    backend the graphs are for, which picks the default tool (TensorRT takes symmetric int8 only).
+    ``weight_bits``: 7 or 8; None: 7 for a CPU int8 recipe on a CPU whose int8 kernels saturate, else 8
+    (:mod:`sana_deploy.export.int8_overflow`)."""
     say = say or (lambda m: print(f"[sana-deploy quantize] {m}", file=sys.stderr, flush=True))
     start = time.perf_counter()
     check_mode(mode)
     tool = check_tool(mode, tool or default_tool(mode, backend))
+    bits = check_weight_bits(weight_bits, mode, tool) if weight_bits is not None else default_weight_bits(mode, tool)
     prompts = check_prompts(list(prompts) if prompts is not None else list(DEFAULT_PROMPTS))
     if int(steps) < 1:
         fail(f"--calib-steps must be at least 1, got {steps}.", QuantizeError)
@@ -116,7 +121,7 @@ def quantize_model(
         loaded = load_components(model, COMPONENTS, preset=preset, random_weights=random_weights)
     root = Path(export_root) if export_root is not None else default_export_root(loaded.model_id)
     definition = calibration_definition(loaded, prompts, steps, size, seed, guidance_scale, sampler)
-    recipe = QuantRecipe(mode, tool, calibration_hash(definition), tuple(exclude))
+    recipe = QuantRecipe(mode, tool, calibration_hash(definition), tuple(exclude), bits)
     folder = recipe_dir(root, recipe)
     weights = loaded.content_hash("transformer")
     found = {c: find_quantized(root, c, mode, recipe.name, weights) for c in names}
@@ -156,7 +161,7 @@ def _quantize_component(
         out_dir = tmp / "out"
         out_dir.mkdir()
         feeds = list(calib.feeds(component))
-        out = run_tool(recipe.tool, recipe.mode, prepared, out_dir, plan, feeds, say)
+        out = run_tool(recipe.tool, recipe.mode, prepared, out_dir, plan, feeds, say, recipe.weight_bits)
         shutil.rmtree(prep_dir, ignore_errors=True)
         graph = onnx.load(str(out), load_external_data=False)
         placed = qdq_layers(graph)
@@ -265,10 +270,13 @@ def ensure_quantized(
         return None
     root = Path(export_root) if export_root is not None else default_export_root(model)
     tools = tuple(t for (m, t), backends in BACKENDS.items() if m == mode and backend in backends)
-    if all(find_quantized(root, c, mode, tools=tools) for c in names):
+    # on a CPU whose int8 kernels saturate, only 7-bit-weight graphs are usable (sana_deploy.export.int8_overflow)
+    bits = required_weight_bits(mode, backend)
+    if all(find_quantized(root, c, mode, tools=tools, weight_bits=bits) for c in names):
         return None
     say = say or (lambda m: print(f"[sana-deploy quantize] {m}", file=sys.stderr, flush=True))
-    say(f"no {mode} graph of {', '.join(names)} for {backend} in {root}: calibrating on the built-in prompts")
+    why = " with 7-bit weights (this CPU's int8 kernels saturate with 8)" if bits else ""
+    say(f"no {mode} graph{why} of {', '.join(names)} for {backend} in {root}: calibrating on the built-in prompts")
     result = quantize_model(
         model, mode, components=names, export_root=root, preset=preset, random_weights=random_weights,
         backend=backend, say=say, loaded=loaded,

@@ -99,16 +99,31 @@ def _reader(feeds: Feeds) -> FeedReader:
     return Reader(feeds)
 
 
-def run_tool(tool: str, mode: str, src: Path, out_dir: Path, plan: LayerPlan, feeds: Feeds, say: Callable) -> Path:
-    """Quantize the prepared graph ``src`` (its external data beside it) into ``out_dir/model.onnx``."""
+def run_tool(
+    tool: str,
+    mode: str,
+    src: Path,
+    out_dir: Path,
+    plan: LayerPlan,
+    feeds: Feeds,
+    say: Callable,
+    weight_bits: int = 8,
+) -> Path:
+    """Quantize the prepared graph ``src`` (its external data beside it) into ``out_dir/model.onnx``.
+    ``weight_bits`` 7: int8 weights in half their range, for CPUs whose int8 kernels saturate
+    (:mod:`sana_deploy.export.int8_overflow`; nncf and onnxruntime only)."""
     if not tool_available(tool):
         fail(f"Quantization tool {tool!r} is not installed: {_EXTRA}.", QuantizeError)
     if not feeds:
         fail("The calibration set is empty: nothing was recorded.", QuantizeError)
     work = src.parent / f"{tool}-out.onnx"
     feeds = spread(feeds, MAX_SAMPLES[tool])
-    say(f"{tool} {mode}: {len(plan.quantize)} layers, {len(feeds)} calibration samples")
-    {"nncf": _nncf, "modelopt": _modelopt, "onnxruntime": _onnxruntime}[tool](mode, src, work, plan, feeds)
+    bits = f", {weight_bits}-bit weights" if weight_bits != 8 else ""
+    say(f"{tool} {mode}: {len(plan.quantize)} layers, {len(feeds)} calibration samples{bits}")
+    if tool == "modelopt":
+        _modelopt(mode, src, work, plan, feeds)
+    else:
+        {"nncf": _nncf, "onnxruntime": _onnxruntime}[tool](mode, src, work, plan, feeds, weight_bits == 7)
     model = onnx.load(str(work), load_external_data=True)
     out = out_dir / "model.onnx"
     onnx.save_model(
@@ -118,9 +133,9 @@ def run_tool(tool: str, mode: str, src: Path, out_dir: Path, plan: LayerPlan, fe
     return out
 
 
-def _nncf(mode: str, src: Path, dst: Path, plan: LayerPlan, feeds: Feeds) -> None:
+def _nncf(mode: str, src: Path, dst: Path, plan: LayerPlan, feeds: Feeds, half_range: bool = False) -> None:
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     logging.getLogger("nncf").setLevel(logging.WARNING)
     model = onnx.load(str(src), load_external_data=False)
@@ -132,7 +147,10 @@ def _nncf(mode: str, src: Path, dst: Path, plan: LayerPlan, feeds: Feeds) -> Non
         model_type=nncf.ModelType.TRANSFORMER,
         subset_size=len(feeds),
         ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
-        advanced_parameters=AdvancedQuantizationParameters(backend_params={"external_data_dir": str(src.parent)}),
+        advanced_parameters=AdvancedQuantizationParameters(
+            backend_params={"external_data_dir": str(src.parent)},
+            **({"overflow_fix": OverflowFix.ENABLE} if half_range else {}),  # 7-bit weights on every MatMul
+        ),
     )
     from onnx.external_data_helper import load_external_data_for_model
 
@@ -211,7 +229,7 @@ def _modelopt_child(mode: str, src: Path, dst: Path, folder: Path) -> None:
     )
 
 
-def _onnxruntime(mode: str, src: Path, dst: Path, plan: LayerPlan, feeds: Feeds) -> None:
+def _onnxruntime(mode: str, src: Path, dst: Path, plan: LayerPlan, feeds: Feeds, half_range: bool = False) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     int8 = mode == "int8"
@@ -223,6 +241,7 @@ def _onnxruntime(mode: str, src: Path, dst: Path, plan: LayerPlan, feeds: Feeds)
         op_types_to_quantize=["MatMul", "Gemm"],
         nodes_to_quantize=list(plan.quantize),
         per_channel=int8,
+        reduce_range=half_range,  # 7-bit weights
         activation_type=QuantType.QUInt8 if int8 else QuantType.QFLOAT8E4M3FN,
         weight_type=QuantType.QInt8 if int8 else QuantType.QFLOAT8E4M3FN,
         calibrate_method=CalibrationMethod.MinMax if int8 else CalibrationMethod.Distribution,

@@ -96,6 +96,28 @@ def test_qdq_exactly_where_the_recipe_says(request, recipe_fixture):
     assert types == ({"FLOAT8E4M3FN"} if result.recipe.mode == "fp8" else {"INT8", "UINT8"})
 
 
+def test_int8_weights_fit_this_cpus_kernels(int8_recipe):
+    """On a CPU whose int8 kernels saturate (no VNNI) the default recipe has 7-bit weights, elsewhere 8-bit; the
+    graphs' int8 weights use that range and no more."""
+    from onnx import numpy_helper
+
+    from sana_deploy.export.int8_overflow import default_weight_bits
+
+    bits = default_weight_bits("int8", int8_recipe.recipe.tool)
+    assert int8_recipe.recipe.weight_bits == bits
+    for component in SPLIT:
+        path, manifest = int8_recipe.exports[component]
+        assert manifest["quantization"].get("weight_bits", 8) == bits
+        graph = onnx.load(str(path))
+        weights = {n.input[0] for n in graph.graph.node if n.op_type == "DequantizeLinear"}
+        peak = max(
+            int(np.abs(numpy_helper.to_array(t).astype(np.int32)).max())
+            for t in graph.graph.initializer
+            if t.name in weights and t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2
+        )
+        assert peak <= 2 ** (bits - 1) and (bits == 7 or peak > 64), (component, peak)
+
+
 def test_recipe_is_in_the_folder_name_and_manifest(int8_recipe, fp8_recipe, export_root):
     for result in (int8_recipe, fp8_recipe):
         assert result.folder.name == result.recipe.name and result.folder.parent == export_root
