@@ -49,7 +49,11 @@ def test_runs_end_to_end_at_tiny_scale(tmp_path, tiny_export):
     bq = _script()
     work = tmp_path / "work"
     shutil.copytree(tiny_export[0], work / "export" / "sana-tiny")  # the session's exports: no re-export
-    cells = "onnxruntime-int8,openvino[precision=bf16]"
+    from sana_deploy.runners.openvino import cpu_capabilities
+
+    # the openvino cell at bf16 where the CPU has bf16 kernels (AVX512_BF16 or AMX), else at int8
+    ov_precision = "bf16" if "BF16" in cpu_capabilities() else "int8"
+    cells = f"onnxruntime-int8,openvino[precision={ov_precision}]"
     out = tmp_path / "q.json"
     common = ["--model", "sana-tiny", "--steps", "2", "--runs", "1", "--warmup", "0", "--calib-steps", "2",
               "--calib-prompts", "1", "--cells", cells, "--work-dir", str(work)]  # fmt: skip
@@ -63,7 +67,7 @@ def test_runs_end_to_end_at_tiny_scale(tmp_path, tiny_export):
     assert result["int8_recipe"].startswith("int8-")
     speed = {r["backend"]: r for r in result["speed"]["results"]}
     assert set(speed) == {"diffusers-eager", *cells.split(",")} and all(r["status"] == "ok" for r in speed.values())
-    for label, precision in (("onnxruntime-int8", "int8"), ("openvino[precision=bf16]", "bf16")):
+    for label, precision in (("onnxruntime-int8", "int8"), (f"openvino[precision={ov_precision}]", ov_precision)):
         q = result["quality"][label]
         assert q["precision"] == precision and len(q["rel_l2_per_step"]) == 2 and len(set(q["timesteps"])) == 2
         assert 1e-5 < q["max_rel_l2"] <= q["bound"] and q["within_bound"]
