@@ -131,16 +131,19 @@ def main(argv: list[str] | None = None) -> int:
         "work_dir": args.work_dir, "interleave": not args.sequential,
     }  # fmt: skip
     sprint_common = {**common, "backends": args.sprint_backends or args.backends}
+    name = f"cpu-sprint-{args.sprint_model}-vs-{args.base_model}-{args.profile}{'-' + args.tag if args.tag else ''}"
+    stem = args.out_dir / name
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     sprint = bench(model=args.sprint_model, steps=args.sprint_steps, baseline=True, **sprint_common)
     print(text_table(sprint))
+    # kept now: the base run (20 CFG steps, batch 2) needs more memory, and a kill there must not lose this one
+    partial = {"format": "sprint-cpu-comparison/1", "summary": None, "sprint": sprint, "base": None}
+    print(f"wrote {write_atomic(stem.with_name(name + '.json'), json.dumps(partial, indent=2, default=str))}")
     base = bench(model=args.base_model, steps=args.base_steps, baseline=False, **common)
     print(text_table(base))
     s = summary(sprint, base)
     table = summary_markdown(s)
     print(table)
-    name = f"cpu-sprint-{args.sprint_model}-vs-{args.base_model}-{args.profile}{'-' + args.tag if args.tag else ''}"
-    stem = args.out_dir / name
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     data = {"format": "sprint-cpu-comparison/1", "summary": s, "sprint": sprint, "base": base}
     print(f"wrote {write_atomic(stem.with_name(name + '.json'), json.dumps(data, indent=2, default=str))}")
     md = f"# {name}\n\n## Summary\n\n{table}\n## Sprint run\n\n{markdown(sprint)}\n## Base run\n\n{markdown(base)}"
