@@ -96,7 +96,7 @@ def test_qdq_exactly_where_the_recipe_says(request, recipe_fixture):
     assert types == ({"FLOAT8E4M3FN"} if result.recipe.mode == "fp8" else {"INT8", "UINT8"})
 
 
-def test_int8_weights_fit_this_cpus_kernels(int8_recipe):
+def test_int8_weights_fit_this_cpus_kernels(int8_recipe, export_root):
     """On a CPU whose int8 kernels saturate (no VNNI) the default recipe has 7-bit weights, elsewhere 8-bit; the
     graphs' int8 weights use that range and no more."""
     from onnx import numpy_helper
@@ -116,6 +116,9 @@ def test_int8_weights_fit_this_cpus_kernels(int8_recipe):
             if t.name in weights and t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2
         )
         assert peak <= 2 ** (bits - 1) and (bits == 7 or peak > 64), (component, peak)
+        # what a build on this CPU looks for: graphs with these weight bits, never the other kind
+        assert find_quantized(export_root, component, "int8", int8_recipe.recipe.name, weight_bits=bits)[0] == path
+        assert find_quantized(export_root, component, "int8", weight_bits=15 - bits) is None
 
 
 def test_recipe_is_in_the_folder_name_and_manifest(int8_recipe, fp8_recipe, export_root):
