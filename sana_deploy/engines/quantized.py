@@ -16,13 +16,13 @@ from sana_deploy.engines.backends.base import Backend, BuildOptions
 from sana_deploy.errors import fail
 from sana_deploy.export.int8_overflow import required_weight_bits
 from sana_deploy.export.quantized import (
-    BACKENDS,
     QUANT_MODES,
     QUANTIZABLE,
     SELF_QUANTIZING,
     QuantizeError,
     check_backend,
     find_quantized,
+    tools_for,
 )
 
 FP8_TARGETS = ("sm89", "sm120", "sm121")  # FP8 tensor cores among tensorrt-rtx's targets (Ada, Blackwell)
@@ -78,7 +78,7 @@ def quantized_export(
     that quantize the PyTorch model themselves), or an error with the command that writes it."""
     if component not in QUANTIZABLE or backend in SELF_QUANTIZING[mode]:
         return None
-    tools = tuple(t for (m, t), backends in BACKENDS.items() if m == mode and backend in backends)
+    tools = tools_for(mode, backend)
     bits = required_weight_bits(mode, backend)  # 7 on a CPU whose int8 kernels saturate with 8-bit weights
     found = (bits and find_quantized(root, component, mode, recipe, weights_sha256, tools, bits)) or find_quantized(
         root, component, mode, recipe, weights_sha256, tools

@@ -92,6 +92,11 @@ def check_tool(mode: str, tool: str) -> str:
     return tool
 
 
+def tools_for(mode: str, backend: str) -> tuple[str, ...]:
+    """The tools whose ``mode`` graphs ``backend`` runs (what a build may pick from the exports)."""
+    return tuple(t for (m, t), backends in BACKENDS.items() if m == mode and backend in backends)
+
+
 def check_backend(mode: str, backend: str, tool: str | None = None) -> None:
     """Refuse a mode (or a recipe's tool) the backend cannot run, saying what to use instead."""
     check_mode(mode)
@@ -365,4 +370,5 @@ __all__ = [
     "prepare_graph",
     "qdq_layers",
     "qdq_types",
+    "tools_for",
 ]

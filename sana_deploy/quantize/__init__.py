@@ -262,14 +262,14 @@ def ensure_quantized(
     a ``mode`` export the backend runs (the builder picks the newest and checks its weights), else a calibration
     with the defaults (built-in prompts, 20 steps at 512²); returns the recipe name it wrote, or None.
     ``loaded``: the model's components already in memory, calibrated instead of loading a second copy."""
-    from sana_deploy.export.quantized import BACKENDS, SELF_QUANTIZING
+    from sana_deploy.export.quantized import SELF_QUANTIZING, tools_for
 
     check_backend(mode, backend)  # before a calibration that could not be used
     names = tuple(c for c in components if c in QUANTIZABLE)
     if not names or backend in SELF_QUANTIZING[mode]:  # it quantizes the PyTorch model itself: no Q/DQ graph
         return None
     root = Path(export_root) if export_root is not None else default_export_root(model)
-    tools = tuple(t for (m, t), backends in BACKENDS.items() if m == mode and backend in backends)
+    tools = tools_for(mode, backend)
     # on a CPU whose int8 kernels saturate, only 7-bit-weight graphs are usable (sana_deploy.export.int8_overflow)
     bits = required_weight_bits(mode, backend)
     if all(find_quantized(root, c, mode, tools=tools, weight_bits=bits) for c in names):
