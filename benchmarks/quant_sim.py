@@ -9,6 +9,7 @@ Prints the transformer output's relative L2 error against fp32 at 4 of the 20 st
 ``python benchmarks/quant_sim.py [--clip]`` (``--clip``: percentile activation ranges too).
 """
 
+import fnmatch
 import sys
 import time
 import types
@@ -19,6 +20,7 @@ import torch.nn as nn
 from sana_deploy.bench.case import BenchCase
 from sana_deploy.bench.harness import load_case_components
 from sana_deploy.bench.quality import rel_l2
+from sana_deploy.export.quantized import DEFAULT_EXCLUDE
 from sana_deploy.models.transformer import MixFFN
 from sana_deploy.plugins.mix_ffn.ref import dw_glu_ref
 from sana_deploy.quantize.calibrate import record_calibration
@@ -40,14 +42,14 @@ del comps.text_encoder
 idx = [round(i * (len(cal.steps) - 1) / 15) for i in range(16)]
 cal_steps = [cal.steps[i] for i in idx]
 
-STATE = {"mode": "off", "ranges": {}, "quant": set(), "clip": None, "fmt": "int8"}
+STATE = {"mode": "off", "ranges": {}, "quant": set(), "clip": "--clip" in sys.argv, "fmt": "int8"}
 
 
 def fq_act(name, x):
     m = STATE["mode"]
     if m == "observe":
-        r = STATE["ranges"].setdefault(name, [])
-        r.append(x.detach().float().flatten()[:: max(1, x.numel() // 2_000_000)].clone() if STATE["clip"] else None)
+        if STATE["clip"]:  # a subsample of the values, for percentile ranges
+            STATE["ranges"].setdefault(name, []).append(x.detach().float().flatten()[:: max(1, x.numel() // 2_000_000)])
         lo, hi = STATE["ranges"].setdefault(name + "#mm", [0.0, 0.0])
         STATE["ranges"][name + "#mm"] = [min(lo, float(x.min())), max(hi, float(x.max()))]
         return x
@@ -69,11 +71,9 @@ def fq_w(w):
     return torch.clamp(torch.round(w / s), -127, 127) * s
 
 
-names = {}
 orig_w = {}
 for n, mod in model.named_modules():
     if isinstance(mod, nn.Linear):
-        names[mod] = n
         orig_w[n] = mod.weight.data.clone()
 
         def pre(mod, args, n=n):
@@ -81,7 +81,6 @@ for n, mod in model.named_modules():
 
         mod.register_forward_pre_hook(pre)
     if isinstance(mod, MixFFN):
-        names[mod] = n
         orig_w[n + ".conv_inverted"] = mod.conv_inverted.weight.data.clone()
         orig_w[n + ".conv_point"] = mod.conv_point.weight.data.clone()
 
@@ -93,11 +92,6 @@ for n, mod in model.named_modules():
             return g @ self.conv_point.weight.flatten(1).T
 
         mod.forward = types.MethodType(fwd, mod)
-
-
-def weight_module(n):
-    n.split(".")
-    return model.get_submodule(n)
 
 
 def run(step, text_kv_cache):
@@ -116,9 +110,6 @@ def observe():
     STATE["mode"] = "off"
 
 
-DEFAULT_EXCL = ("time_embed", "caption_projection", "caption_norm", "patch_embed", "norm_out", "proj_out")
-
-
 @torch.no_grad()
 def evaluate(label, quant, fmt="int8", clip=None):
     STATE["fmt"] = fmt
@@ -126,7 +117,7 @@ def evaluate(label, quant, fmt="int8", clip=None):
     lohi = {}
     for n in quant:
         lo, hi = STATE["ranges"][n + "#mm"]
-        if clip is not None and STATE["ranges"].get(n) and STATE["ranges"][n][0] is not None:
+        if clip is not None and STATE["ranges"].get(n):
             allv = torch.cat(STATE["ranges"][n])
             lo = min(0.0, float(torch.quantile(allv[:: max(1, allv.numel() // 8_000_000)], 1 - clip)))
             hi = max(0.0, float(torch.quantile(allv[:: max(1, allv.numel() // 8_000_000)], clip)))
@@ -145,9 +136,9 @@ def evaluate(label, quant, fmt="int8", clip=None):
     return errs
 
 
-STATE["clip"] = "--clip" in sys.argv
 observe()
-allq = [n for n in orig_w if not any(n.startswith(e) for e in DEFAULT_EXCL)]
+# the recipe's default exclusions, matched as the layer plan matches them (module paths under "model.")
+allq = [n for n in orig_w if not any(fnmatch.fnmatchcase(f"model.{n}", p) for p in DEFAULT_EXCLUDE)]
 print(len(allq), "quantizable layers", flush=True)
 evaluate("fp32 (sanity, ~0)", [])
 evaluate("bf16 GEMM inputs+weights only (rest fp32)", allq, "bf16")
