@@ -58,6 +58,11 @@ DEFAULT_EXCLUDE = (
     "model.norm_out*",
     "model.proj_out*",  # final layer
 )
+# How sana-deploy drives a tool, where that changed what the tool's graphs hold; recorded in the recipe (so the name
+# changes) and in each graph's manifest, and graphs of an older placement are not picked automatically.
+# onnxruntime 2: Q/DQ on the quantized GEMMs' inputs only. Before, ONNX Runtime's quantizer also put a uint8 Q/DQ
+# pair on every quantized GEMM's product, a second rounding that the recipe never meant.
+PLACEMENT = {"onnxruntime": 2}
 _QUANT_OPS = ("MatMul", "Gemm")
 _Q_OPS = ("QuantizeLinear", "DequantizeLinear")
 MANIFEST_FORMAT = "sana-deploy/export/1"
@@ -142,6 +147,8 @@ class QuantRecipe:
         }
         if self.weight_bits != 8:  # 8-bit recipes keep the names they had before the field existed
             fields["weight_bits"] = self.weight_bits
+        if PLACEMENT.get(self.tool, 1) != 1:  # likewise for tools whose placement never changed
+            fields["placement"] = PLACEMENT[self.tool]
         return fields
 
     @property
@@ -180,7 +187,8 @@ def find_quantized(
     weight_bits: int | None = None,
 ) -> tuple[Path, dict] | None:
     """The newest quantized export of ``component`` under ``root`` for ``mode`` (and recipe name/digest prefix,
-    weights, tools, weight bits when given): ``(model.onnx path, manifest)``, or None."""
+    weights, tools, weight bits when given): ``(model.onnx path, manifest)``, or None. Unless ``recipe`` names it,
+    a graph of an older :data:`PLACEMENT` is passed over."""
     found = []
     for manifest_path in Path(root).glob(f"{mode}-*/{component}/manifest.json"):
         try:
@@ -198,6 +206,8 @@ def find_quantized(
         if tools and q.get("tool") not in tools:
             continue
         if weight_bits and q.get("weight_bits", 8) != weight_bits:
+            continue
+        if not recipe and q.get("placement", 1) != PLACEMENT.get(q.get("tool"), 1):
             continue
         if not (manifest_path.parent / "model.onnx").exists():
             continue
@@ -323,6 +333,13 @@ def qdq_layers(model: onnx.ModelProto) -> dict[str, bool]:
             operands = [produced.get(i) for i in node.input[:2]]
             out[node.name] = all(p is not None and p.op_type == "DequantizeLinear" for p in operands)
     return out
+
+
+def quantized_products(model: onnx.ModelProto) -> set[str]:
+    """Names of the MatMul/Gemm nodes whose product goes into a QuantizeLinear (rounded a second time, after the
+    operands: a recipe quantizes operands only)."""
+    q_in = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    return {n.name for n in model.graph.node if n.op_type in _QUANT_OPS and any(o in q_in for o in n.output)}
 
 
 def dq_consumers(model: onnx.ModelProto) -> set[str]:

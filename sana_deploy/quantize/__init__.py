@@ -49,6 +49,7 @@ from sana_deploy.export.quantized import (
     prepare_graph,
     qdq_layers,
     qdq_types,
+    quantized_products,
     recipe_dir,
 )
 from sana_deploy.fileio import write_atomic
@@ -166,6 +167,7 @@ def _quantize_component(
         graph = onnx.load(str(out), load_external_data=False)
         placed = qdq_layers(graph)
         wrong = sorted(n for n, q in placed.items() if q != (n in plan.quantize))
+        wrong += sorted(quantized_products(graph))  # a product rounded again: Q/DQ the recipe does not say
         if wrong:
             fail(
                 f"The {recipe.tool} {recipe.mode} graph of {component} has Q/DQ where the recipe does not say (or "

@@ -10,8 +10,8 @@
   CPU-only machine: calibration goes through ONNX Runtime's CPU provider (``calibration_eps=["cpu"]``). It runs in a
   child process: importing it patches ONNX Runtime's quantization module for the rest of the process.
 * ``onnxruntime``: ONNX Runtime's ``quantize_static`` (QDQ format; int8: per-channel int8 weights, uint8
-  activations, min/max; fp8: E4M3 weights and activations, distribution calibration). The fallback where the others
-  are not installed.
+  activations, min/max; fp8: E4M3 weights and activations, distribution calibration), Q/DQ on the quantized nodes'
+  inputs only (not on their products). The fallback where the others are not installed.
 
 Each writes ``dst`` (external data beside it); :func:`run_tool` then re-saves it as ``model.onnx`` +
 ``model.onnx.data`` in the destination folder.
@@ -246,7 +246,8 @@ def _onnxruntime(mode: str, src: Path, dst: Path, plan: LayerPlan, feeds: Feeds,
         weight_type=QuantType.QInt8 if int8 else QuantType.QFLOAT8E4M3FN,
         calibrate_method=CalibrationMethod.MinMax if int8 else CalibrationMethod.Distribution,
         use_external_data_format=True,
-        extra_options={"WeightSymmetric": True},
+        # Q/DQ on the inputs only: by default the quantizer also rounds each product to uint8 (PLACEMENT)
+        extra_options={"WeightSymmetric": True, "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]},
     )
 
 

@@ -4,7 +4,9 @@ fp8 graph in ONNX Runtime within the fp8 bound and built by tensorrt-rtx, cache 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from sana_deploy.export.quantized import (
     prepare_graph,
     qdq_layers,
     qdq_types,
+    quantized_products,
 )
 from sana_deploy.runners.onnxruntime import ort_session
 
@@ -86,6 +89,7 @@ def test_qdq_exactly_where_the_recipe_says(request, recipe_fixture):
         layers = manifest["quantization"]["layers"]
         placed = qdq_layers(graph)
         assert {n for n, q in placed.items() if q} == set(layers["quantized"]), component
+        assert not quantized_products(graph), component  # operands only: no product is rounded again
         excluded = set(layers["excluded"])
         assert excluded and not (excluded & dq_consumers(graph))  # no quantized value enters an excluded layer
         inside = {n.name for n in graph.graph.node if "/LinearAttention/" in n.name}  # the inlined kernel
@@ -135,6 +139,26 @@ def test_recipe_is_in_the_folder_name_and_manifest(int8_recipe, fp8_recipe, expo
     assert len({base.digest, QuantRecipe("int8", "nncf", "b" * 64).digest,
                 QuantRecipe("int8", "nncf", "a" * 64, ("x*",)).digest, QuantRecipe("fp8", "nncf", "a" * 64).digest,
                 QuantRecipe("int8", "onnxruntime", "a" * 64).digest}) == 5  # fmt: skip
+
+
+def test_graphs_of_an_older_placement_are_not_picked_unless_named(tmp_path):
+    """An onnxruntime-tool graph written before its products stopped being Q/DQ'd is passed over by an automatic
+    pick (a new recipe name gets calibrated instead), and still served when its recipe is named."""
+    new = QuantRecipe("int8", "onnxruntime", "a" * 64)
+    assert new.fields()["placement"] == 2 and "placement" not in QuantRecipe("int8", "nncf", "a" * 64).fields()
+    fields = {k: v for k, v in new.fields().items() if k != "placement"}
+    old = "int8-" + hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+    for name, q in ((old, fields), (new.name, new.fields())):
+        folder = tmp_path / name / "transformer_cached"
+        folder.mkdir(parents=True)
+        (folder / "model.onnx").write_bytes(b"")
+        manifest = {"quantization": {**q, "recipe": name}, "created": "2026" if name == old else "2025"}
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert old != new.name
+    assert find_quantized(tmp_path, "transformer_cached", "int8")[1]["quantization"]["recipe"] == new.name
+    assert find_quantized(tmp_path, "transformer_cached", "int8", old)[1]["quantization"]["recipe"] == old
+    shutil.rmtree(tmp_path / new.name)
+    assert find_quantized(tmp_path, "transformer_cached", "int8") is None
 
 
 def test_same_recipe_is_reused_without_calibrating(tiny, int8_recipe, export_root, monkeypatch):
@@ -336,9 +360,10 @@ def test_onnxruntime_int8_tool_within_the_int8_bound(tiny, held_out, export_root
         components="transformer-cached", export_root=export_root, loaded=tiny, say=print,
     )  # fmt: skip
     path, manifest = result.exports["transformer_cached"]
-    assert {n for n, q in qdq_layers(onnx.load(str(path), load_external_data=False)).items() if q} == set(
-        manifest["quantization"]["layers"]["quantized"]
-    )
+    graph = onnx.load(str(path), load_external_data=False)
+    assert {n for n, q in qdq_layers(graph).items() if q} == set(manifest["quantization"]["layers"]["quantized"])
+    assert not quantized_products(graph)  # ONNX Runtime's quantizer rounds products too unless told not to
+    assert manifest["quantization"]["placement"] == 2
     feeds = list(held_out.feeds("transformer_cached"))
     ref = fp32_outputs(export_root, "transformer_cached", feeds)
     session = ort_session(path)
