@@ -60,9 +60,9 @@ DEFAULT_EXCLUDE = (
 )
 # How sana-deploy drives a tool, where that changed what the tool's graphs hold; recorded in the recipe (so the name
 # changes) and in each graph's manifest, and graphs of an older placement are not picked automatically.
-# onnxruntime 2: Q/DQ on the quantized GEMMs' inputs only. Before, ONNX Runtime's quantizer also put a uint8 Q/DQ
-# pair on every quantized GEMM's product, a second rounding that the recipe never meant.
-PLACEMENT = {"onnxruntime": 2}
+# 2: quantized values reach the quantized GEMMs only (confine_qdq). Before, the residual stream was rounded to
+# 8 bits in every block (onnxruntime, modelopt), and onnxruntime also rounded every quantized GEMM's product.
+PLACEMENT = {"onnxruntime": 2, "modelopt": 2}
 _QUANT_OPS = ("MatMul", "Gemm")
 _Q_OPS = ("QuantizeLinear", "DequantizeLinear")
 MANIFEST_FORMAT = "sana-deploy/export/1"
@@ -335,11 +335,34 @@ def qdq_layers(model: onnx.ModelProto) -> dict[str, bool]:
     return out
 
 
-def quantized_products(model: onnx.ModelProto) -> set[str]:
-    """Names of the MatMul/Gemm nodes whose product goes into a QuantizeLinear (rounded a second time, after the
-    operands: a recipe quantizes operands only)."""
-    q_in = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
-    return {n.name for n in model.graph.node if n.op_type in _QUANT_OPS and any(o in q_in for o in n.output)}
+def confine_qdq(model: onnx.ModelProto, quantized: set[str]) -> int:
+    """Make every reader of an activation's Q/DQ pair other than a quantized MatMul/Gemm (``quantized``: node names)
+    read the float tensor again, and drop the pairs nobody reads any more. Returns how many inputs were rewired.
+
+    A quantizer makes one pair per tensor and hands its output to every reader of that tensor (ONNX Runtime's and
+    Model Optimizer's do; NNCF quantizes the one edge). In Sana the cross-attention's query projection reads the
+    residual stream itself, so the skip connection of every block ran on the stream rounded to 8 bits; ONNX
+    Runtime's quantizer also rounded every quantized product, read by float nodes only."""
+    produced = {o: n for n in model.graph.node for o in n.output}
+    rewired = 0
+    for node in model.graph.node:
+        if node.name in quantized or node.op_type in _Q_OPS:
+            continue
+        for i, name in enumerate(node.input):
+            dq = produced.get(name)
+            q = produced.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[i] = q.input[0]
+                rewired += 1
+    outputs = {o.name for o in model.graph.output}
+    while True:  # drop Q/DQ nodes whose outputs nobody reads (a dropped DQ can leave its Q unread)
+        read = {i for n in model.graph.node for i in n.input} | outputs
+        dead = [n for n in model.graph.node if n.op_type in _Q_OPS and not any(o in read for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            model.graph.node.remove(n)
+    return rewired
 
 
 def dq_consumers(model: onnx.ModelProto) -> set[str]:

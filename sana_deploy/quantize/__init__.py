@@ -44,12 +44,12 @@ from sana_deploy.export.quantized import (
     check_mode,
     check_tool,
     default_tool,
+    dq_consumers,
     find_quantized,
     plan_layers,
     prepare_graph,
     qdq_layers,
     qdq_types,
-    quantized_products,
     recipe_dir,
 )
 from sana_deploy.fileio import write_atomic
@@ -167,7 +167,7 @@ def _quantize_component(
         graph = onnx.load(str(out), load_external_data=False)
         placed = qdq_layers(graph)
         wrong = sorted(n for n, q in placed.items() if q != (n in plan.quantize))
-        wrong += sorted(quantized_products(graph))  # a product rounded again: Q/DQ the recipe does not say
+        wrong += sorted(dq_consumers(graph) - set(plan.quantize))  # a quantized value read by a float node
         if wrong:
             fail(
                 f"The {recipe.tool} {recipe.mode} graph of {component} has Q/DQ where the recipe does not say (or "

@@ -13,8 +13,9 @@
   activations, min/max; fp8: E4M3 weights and activations, distribution calibration), Q/DQ on the quantized nodes'
   inputs only (not on their products). The fallback where the others are not installed.
 
-Each writes ``dst`` (external data beside it); :func:`run_tool` then re-saves it as ``model.onnx`` +
-``model.onnx.data`` in the destination folder.
+Each writes ``dst`` (external data beside it); :func:`run_tool` then confines the quantized values to the recipe's
+GEMMs (:func:`~sana_deploy.export.quantized.confine_qdq`) and saves it as ``model.onnx`` + ``model.onnx.data`` in
+the destination folder.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import onnx
 from onnx import numpy_helper
 
 from sana_deploy.errors import fail
-from sana_deploy.export.quantized import LayerPlan, QuantizeError
+from sana_deploy.export.quantized import LayerPlan, QuantizeError, confine_qdq
 
 Feeds = list[dict]
 # Samples a tool calibrates on. NNCF reduces statistics as it goes; Model Optimizer and ONNX Runtime's quantizer keep
@@ -125,6 +126,7 @@ def run_tool(
     else:
         {"nncf": _nncf, "onnxruntime": _onnxruntime}[tool](mode, src, work, plan, feeds, weight_bits == 7)
     model = onnx.load(str(work), load_external_data=True)
+    confine_qdq(model, set(plan.quantize))
     out = out_dir / "model.onnx"
     onnx.save_model(
         model, str(out), save_as_external_data=True, all_tensors_to_one_file=True, location="model.onnx.data",
@@ -148,7 +150,7 @@ def _nncf(mode: str, src: Path, dst: Path, plan: LayerPlan, feeds: Feeds, half_r
         subset_size=len(feeds),
         ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
         advanced_parameters=AdvancedQuantizationParameters(
-            backend_params={"external_data_dir": str(src.parent)},
+            backend_params={"external_data_dir": str(src.parent.resolve())},  # NNCF wants it absolute
             **({"overflow_fix": OverflowFix.ENABLE} if half_range else {}),  # 7-bit weights on every MatMul
         ),
     )

@@ -23,13 +23,13 @@ from sana_deploy.export.quantized import (
     QuantRecipe,
     check_backend,
     check_mode,
+    confine_qdq,
     dq_consumers,
     find_quantized,
     plan_layers,
     prepare_graph,
     qdq_layers,
     qdq_types,
-    quantized_products,
 )
 from sana_deploy.runners.onnxruntime import ort_session
 
@@ -89,9 +89,8 @@ def test_qdq_exactly_where_the_recipe_says(request, recipe_fixture):
         layers = manifest["quantization"]["layers"]
         placed = qdq_layers(graph)
         assert {n for n, q in placed.items() if q} == set(layers["quantized"]), component
-        assert not quantized_products(graph), component  # operands only: no product is rounded again
-        excluded = set(layers["excluded"])
-        assert excluded and not (excluded & dq_consumers(graph))  # no quantized value enters an excluded layer
+        # quantized values reach the quantized layers only: not an excluded layer, a residual Add or a product
+        assert set(layers["excluded"]) and dq_consumers(graph) <= set(layers["quantized"]), component
         inside = {n.name for n in graph.graph.node if "/LinearAttention/" in n.name}  # the inlined kernel
         assert bool(inside) == (component == "transformer_cached")
         assert not (inside & dq_consumers(graph))  # the linear attention stays float throughout
@@ -139,6 +138,31 @@ def test_recipe_is_in_the_folder_name_and_manifest(int8_recipe, fp8_recipe, expo
     assert len({base.digest, QuantRecipe("int8", "nncf", "b" * 64).digest,
                 QuantRecipe("int8", "nncf", "a" * 64, ("x*",)).digest, QuantRecipe("fp8", "nncf", "a" * 64).digest,
                 QuantRecipe("int8", "onnxruntime", "a" * 64).digest}) == 5  # fmt: skip
+
+
+def test_confine_qdq_gives_float_readers_the_float_tensor():
+    """One Q/DQ pair on the residual stream x, read by a quantized MatMul and by the skip connection's Add; a second
+    pair on the MatMul's product, read by a float node only: the Add reads x again and the second pair is dropped."""
+    h = onnx.helper
+    w = onnx.numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    scale = onnx.numpy_helper.from_array(np.array(0.1, np.float32), "s")
+    zp = onnx.numpy_helper.from_array(np.array(128, np.uint8), "zp")
+    nodes = [
+        h.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"], name="q"),
+        h.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xdq"], name="dq"),
+        h.make_node("MatMul", ["xdq", "w"], ["y"], name="mm"),
+        h.make_node("QuantizeLinear", ["y", "s", "zp"], ["yq"], name="q2"),
+        h.make_node("DequantizeLinear", ["yq", "s", "zp"], ["ydq"], name="dq2"),
+        h.make_node("Add", ["xdq", "ydq"], ["out"], name="skip"),
+    ]
+    info = lambda n: h.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [2, 4])  # noqa: E731
+    model = h.make_model(h.make_graph(nodes, "g", [info("x")], [info("out")], [w, scale, zp]))
+    assert dq_consumers(model) == {"mm", "skip"}
+    assert confine_qdq(model, {"mm"}) == 2
+    assert dq_consumers(model) == {"mm"}
+    assert [n.name for n in model.graph.node] == ["q", "dq", "mm", "skip"]
+    assert list(model.graph.node[-1].input) == ["x", "y"]
+    onnx.checker.check_model(model)
 
 
 def test_graphs_of_an_older_placement_are_not_picked_unless_named(tmp_path):
@@ -362,7 +386,7 @@ def test_onnxruntime_int8_tool_within_the_int8_bound(tiny, held_out, export_root
     path, manifest = result.exports["transformer_cached"]
     graph = onnx.load(str(path), load_external_data=False)
     assert {n for n, q in qdq_layers(graph).items() if q} == set(manifest["quantization"]["layers"]["quantized"])
-    assert not quantized_products(graph)  # ONNX Runtime's quantizer rounds products too unless told not to
+    assert dq_consumers(graph) <= set(manifest["quantization"]["layers"]["quantized"])  # not the residual stream
     assert manifest["quantization"]["placement"] == 2
     feeds = list(held_out.feeds("transformer_cached"))
     ref = fp32_outputs(export_root, "transformer_cached", feeds)
