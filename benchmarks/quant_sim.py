@@ -6,7 +6,8 @@ ONNX Runtime's recipe does it (per-tensor asymmetric uint8 activations from the 
 per-output-channel symmetric int8 weights, the default exclusions), with groups of layers left in fp32 in turn;
 bf16 as rounding only the GEMMs' inputs and weights (everything else fp32), and as PyTorch's whole model in bf16.
 Prints the transformer output's relative L2 error against fp32 at 4 of the 20 steps. Usage:
-``python benchmarks/quant_sim.py [--clip]`` (``--clip``: percentile activation ranges too).
+``python benchmarks/quant_sim.py [--clip] [--model sana-tiny]`` (``--clip``: percentile activation ranges too;
+``--model``: another preset, e.g. a quick check on sana-tiny).
 """
 
 import fnmatch
@@ -30,7 +31,8 @@ torch.manual_seed(0)
 HELD = "a lighthouse on a cliff above a stormy sea at sunset, oil painting"
 STEPS = 20
 EVAL = [0, 6, 13, 19]
-case = BenchCase("sana-0.6b-512", 512, STEPS, 4.5, "fp32", "cpu", seed=0, text_encoder_layers=13)
+MODEL = sys.argv[sys.argv.index("--model") + 1] if "--model" in sys.argv else "sana-0.6b-512"
+case = BenchCase(MODEL, 512, STEPS, 4.5, "fp32", "cpu", seed=0, text_encoder_layers=13)
 comps = load_case_components(case)
 model = comps.transformer.eval()
 t0 = time.time()
@@ -42,7 +44,15 @@ del comps.text_encoder
 idx = [round(i * (len(cal.steps) - 1) / 15) for i in range(16)]
 cal_steps = [cal.steps[i] for i in idx]
 
-STATE = {"mode": "off", "ranges": {}, "quant": set(), "clip": "--clip" in sys.argv, "fmt": "int8"}
+STATE = {
+    "outputs": False,
+    "mode": "off",
+    "ranges": {},
+    "quant": set(),
+    "clip": "--clip" in sys.argv,
+    "fmt": "int8",
+    "bits": 8,
+}
 
 
 def fq_act(name, x):
@@ -67,8 +77,9 @@ def fq_act(name, x):
 def fq_w(w):
     if STATE["fmt"] == "bf16":
         return w.to(torch.bfloat16).float()
-    s = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127
-    return torch.clamp(torch.round(w / s), -127, 127) * s
+    top = 2 ** (STATE["bits"] - 1) - 1  # 127, or 63 for 7-bit weights
+    s = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / top
+    return torch.clamp(torch.round(w / s), -top, top) * s
 
 
 orig_w = {}
@@ -79,17 +90,29 @@ for n, mod in model.named_modules():
         def pre(mod, args, n=n):
             return (fq_act(n, args[0]),)
 
+        def post(mod, args, out, n=n):
+            if STATE["mode"] == "off" or not STATE["outputs"] and STATE["mode"] == "quant":
+                return out
+            b = 0 if mod.bias is None else mod.bias
+            return fq_act(n + "#out", out - b) + b
+
         mod.register_forward_pre_hook(pre)
+        mod.register_forward_hook(post)
     if isinstance(mod, MixFFN):
         orig_w[n + ".conv_inverted"] = mod.conv_inverted.weight.data.clone()
         orig_w[n + ".conv_point"] = mod.conv_point.weight.data.clone()
 
         def fwd(self, x, n=n):
             xi = fq_act(n + ".conv_inverted", x)
-            h = xi @ self.conv_inverted.weight.flatten(1).T + self.conv_inverted.bias
-            g = dw_glu_ref(h, self.conv_depth.weight, self.conv_depth.bias)
+            h = xi @ self.conv_inverted.weight.flatten(1).T
+            if STATE["outputs"] or STATE["mode"] == "observe":
+                h = fq_act(n + ".conv_inverted#out", h)
+            g = dw_glu_ref(h + self.conv_inverted.bias, self.conv_depth.weight, self.conv_depth.bias)
             g = fq_act(n + ".conv_point", g)
-            return g @ self.conv_point.weight.flatten(1).T
+            y = g @ self.conv_point.weight.flatten(1).T
+            if STATE["outputs"] or STATE["mode"] == "observe":
+                y = fq_act(n + ".conv_point#out", y)
+            return y
 
         mod.forward = types.MethodType(fwd, mod)
 
@@ -111,11 +134,11 @@ def observe():
 
 
 @torch.no_grad()
-def evaluate(label, quant, fmt="int8", clip=None):
-    STATE["fmt"] = fmt
-    STATE["quant"] = set(quant)
+def evaluate(label, quant, fmt="int8", clip=None, outputs=False, bits=8):
+    STATE["fmt"], STATE["outputs"], STATE["bits"] = fmt, outputs, bits
+    STATE["quant"] = set(quant) | ({n + "#out" for n in quant} if outputs else set())
     lohi = {}
-    for n in quant:
+    for n in STATE["quant"]:
         lo, hi = STATE["ranges"][n + "#mm"]
         if clip is not None and STATE["ranges"].get(n):
             allv = torch.cat(STATE["ranges"][n])
@@ -143,6 +166,15 @@ print(len(allq), "quantizable layers", flush=True)
 evaluate("fp32 (sanity, ~0)", [])
 evaluate("bf16 GEMM inputs+weights only (rest fp32)", allq, "bf16")
 evaluate("int8 default recipe", allq)
+evaluate("int8 default, products Q/DQ too (ORT quantizer <= 0.3)", allq, outputs=True)
+evaluate("int8 default, 7-bit weights", allq, bits=7)
+evaluate(
+    "int8 minus attn2.to_k/to_v (caption K/V, once a request)",
+    [n for n in allq if not n.endswith(("attn2.to_k", "attn2.to_v"))],
+)
+evaluate(
+    "int8 minus attn2.to_q/to_out (per step)", [n for n in allq if ".attn2.to_q" not in n and ".attn2.to_out" not in n]
+)
 evaluate("int8 minus ff.conv_point", [n for n in allq if not n.endswith("conv_point")])
 evaluate("int8 minus ff.conv_inverted", [n for n in allq if not n.endswith("conv_inverted")])
 evaluate("int8 minus attn2.*", [n for n in allq if ".attn2." not in n])
