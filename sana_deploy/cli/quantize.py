@@ -44,7 +44,8 @@ TOOL_CHOICES = ("auto", "nncf", "modelopt", "onnxruntime")
 @click.option(
     "--components",
     default=None,
-    help=f"Transformer graphs to quantize [transformer-text,transformer-cached]; any of {', '.join(QUANTIZABLE)}.",
+    help=f"Transformer graphs to quantize [transformer-cached; the caption K/V graph transformer-text stays fp32 "
+    f"unless listed]; any of {', '.join(QUANTIZABLE)}.",
 )
 @click.option(
     "--exclude",

@@ -16,6 +16,7 @@ from sana_deploy.engines.backends.base import Backend, BuildOptions
 from sana_deploy.errors import fail
 from sana_deploy.export.int8_overflow import required_weight_bits
 from sana_deploy.export.quantized import (
+    FP32_UNLESS_COVERED,
     QUANT_MODES,
     QUANTIZABLE,
     SELF_QUANTIZING,
@@ -74,8 +75,9 @@ def quant_options(backend: Backend, options: BuildOptions, mode: str | None) -> 
 def quantized_export(
     root: Path, component: str, mode: str, recipe: str | None, weights_sha256: str, backend: str, model: str
 ) -> tuple[Path, dict] | None:
-    """The Q/DQ export of ``component`` a build uses (None for graphs that are never quantized, and for backends
-    that quantize the PyTorch model themselves), or an error with the command that writes it."""
+    """The Q/DQ export of ``component`` a build uses (None for graphs that are never quantized, for the caption K/V
+    graph when no recipe covers it, and for backends that quantize the PyTorch model themselves), or an error with
+    the command that writes it."""
     if component not in QUANTIZABLE or backend in SELF_QUANTIZING[mode]:
         return None
     tools = tools_for(mode, backend)
@@ -90,6 +92,8 @@ def quantized_export(
             f"this machine (`sana-deploy quantize --mode int8` picks 7-bit weights here) or pass --weight-bits 7.",
             stacklevel=2,
         )
+    if found is None and component in FP32_UNLESS_COVERED:  # no recipe covers it: it stays fp32
+        return None
     if found is None:
         other = find_quantized(root, component, mode, recipe, weights_sha256)
         if other is not None:  # there is one, for another backend's kind of Q/DQ

@@ -264,10 +264,10 @@ def ensure_quantized(
     a ``mode`` export the backend runs (the builder picks the newest and checks its weights), else a calibration
     with the defaults (built-in prompts, 20 steps at 512²); returns the recipe name it wrote, or None.
     ``loaded``: the model's components already in memory, calibrated instead of loading a second copy."""
-    from sana_deploy.export.quantized import SELF_QUANTIZING, tools_for
+    from sana_deploy.export.quantized import FP32_UNLESS_COVERED, SELF_QUANTIZING, tools_for
 
     check_backend(mode, backend)  # before a calibration that could not be used
-    names = tuple(c for c in components if c in QUANTIZABLE)
+    names = tuple(c for c in components if c in QUANTIZABLE and c not in FP32_UNLESS_COVERED)
     if not names or backend in SELF_QUANTIZING[mode]:  # it quantizes the PyTorch model itself: no Q/DQ graph
         return None
     root = Path(export_root) if export_root is not None else default_export_root(model)

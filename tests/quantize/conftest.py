@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 CALIB_PROMPTS = ["a red fox in the snow", "a city street at night"]
-CALIB = dict(steps=4, size=256)
+CALIB = dict(steps=4, size=256, components="transformer-text,transformer-cached")  # the caption graph too
 
 
 @pytest.fixture(scope="session")

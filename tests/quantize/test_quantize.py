@@ -9,6 +9,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -163,6 +164,23 @@ def test_confine_qdq_gives_float_readers_the_float_tensor():
     assert [n.name for n in model.graph.node] == ["q", "dq", "mm", "skip"]
     assert list(model.graph.node[-1].input) == ["x", "y"]
     onnx.checker.check_model(model)
+
+
+def test_caption_graph_stays_fp32_unless_a_recipe_covers_it(tmp_path, monkeypatch):
+    """The caption K/V graph runs once a request: quantize and build --quantize leave it in fp32 unless asked."""
+    import sana_deploy.quantize as q
+    from sana_deploy.engines.quantized import quantized_export
+
+    assert q.DEFAULT_COMPONENTS == ("transformer_cached",)
+    assert quantized_export(tmp_path, "transformer_text", "int8", None, "0" * 64, "onnxruntime", "sana-tiny") is None
+    with pytest.raises(QuantizeError, match="No int8 graph of transformer_cached"):
+        quantized_export(tmp_path, "transformer_cached", "int8", None, "0" * 64, "onnxruntime", "sana-tiny")
+    asked = []
+    monkeypatch.setattr(q, "quantize_model", lambda *a, **k: asked.append(k["components"]) or SimpleNamespace(
+        recipe=SimpleNamespace(name="int8-x")))  # fmt: skip
+    components = ("text_encoder", "transformer_text", "transformer_cached", "vae")
+    assert q.ensure_quantized("sana-tiny", "int8", "onnxruntime", components, tmp_path) == "int8-x"
+    assert asked == [("transformer_cached",)]
 
 
 def test_graphs_of_an_older_placement_are_not_picked_unless_named(tmp_path):
