@@ -166,7 +166,7 @@ print(len(allq), "quantizable layers", flush=True)
 evaluate("fp32 (sanity, ~0)", [])
 evaluate("bf16 GEMM inputs+weights only (rest fp32)", allq, "bf16")
 evaluate("int8 default recipe", allq)
-evaluate("int8 default, products Q/DQ too (ORT quantizer <= 0.3)", allq, outputs=True)
+evaluate("int8 default, products Q/DQ too (placement 1)", allq, outputs=True)
 evaluate("int8 default, 7-bit weights", allq, bits=7)
 evaluate(
     "int8 minus attn2.to_k/to_v (caption K/V, once a request)",
