@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from sana_deploy.contract import PROFILE_BASES, SIZE_FREE_COMPONENTS, bucket_sizes, check_base
 from sana_deploy.errors import ShapeError, fail
-from sana_deploy.models.config import TEXT_MAX_LENGTH, VAE_SCALE
+from sana_deploy.models.config import TEXT_MAX_LENGTH, TEXT_MIN_TOKENS, VAE_SCALE
 
 # Gemma-2 sees the complex human instruction + 298 prompt tokens (docs/SANA.md#text-encoder): ~550 tokens with
 # Gemma's tokenizer, ~1360 with sana-tiny's byte tokenizer. 2048 covers both.
@@ -84,8 +84,8 @@ class Profile:
                 "batch": ShapeTuple(1, batch, batch),
                 "latent_h": ShapeTuple(min(hs), side, max(hs)),
                 "latent_w": ShapeTuple(min(ws), side, max(ws)),
-                "text_len": ShapeTuple(2, TEXT_MAX_LENGTH, TEXT_MAX_LENGTH),
-                "seq": ShapeTuple(2, TEXT_MAX_LENGTH, TEXT_ENCODER_MAX_SEQ),
+                "text_len": ShapeTuple(TEXT_MIN_TOKENS, TEXT_MAX_LENGTH, TEXT_MAX_LENGTH),
+                "seq": ShapeTuple(TEXT_MIN_TOKENS, TEXT_MAX_LENGTH, TEXT_ENCODER_MAX_SEQ),
             },
         )
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from sana_deploy.models.components import SanaComponents
-from sana_deploy.models.config import LATENT_CHANNELS, TEXT_MAX_LENGTH, VAE_SCALE
+from sana_deploy.models.config import LATENT_CHANNELS, TEXT_MAX_LENGTH, TEXT_MIN_TOKENS, VAE_SCALE
 
 Dim = int | str  # a fixed size, or the name of a dynamic axis
 
@@ -211,7 +211,7 @@ def transformer_spec(components: SanaComponents) -> ExportSpec:
             "batch": AxisRange(1, 64),
             "latent_h": AxisRange(2, 512),
             "latent_w": AxisRange(2, 512),
-            "text_len": AxisRange(2, 1024),
+            "text_len": AxisRange(TEXT_MIN_TOKENS, 1024),
         },
         export_sizes={"batch": 2, "latent_h": 20, "latent_w": 28, "text_len": 40},
         parity_sizes=(
@@ -392,7 +392,7 @@ def text_encoder_spec(components: SanaComponents) -> ExportSpec:
             TensorSpec("attention_mask", ("batch", "seq"), torch.int64),
         ),
         outputs=(TensorSpec("last_hidden_state", ("batch", "seq", hidden)),),
-        axes={"batch": AxisRange(1, 64), "seq": AxisRange(2, 4096)},
+        axes={"batch": AxisRange(1, 64), "seq": AxisRange(TEXT_MIN_TOKENS, 4096)},
         export_sizes={"batch": 2, "seq": 48},
         parity_sizes=(
             {"batch": 1, "seq": TEXT_MAX_LENGTH},

@@ -17,6 +17,9 @@ LINEAR_HEAD_DIM = 32  # Sana's self-attention head size is fixed (SanaMSBlock li
 VAE_SCALE = 32  # DC-AE f32: one latent pixel per 32x32 image pixels
 LATENT_CHANNELS = 32
 TEXT_MAX_LENGTH = 300
+# The shortest text the graphs take (the min of the text encoder's ``seq`` and the transformer's ``text_len`` axes):
+# the runtime runs the text encoder only up to the last real token, and "" is one token (BOS).
+TEXT_MIN_TOKENS = 2
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,11 @@ diffusers is the golden reference of the end-to-end test. Where the two differ:
 * the negative / empty prompt is encoded *without* CHI and with its own mask (for "" only BOS is valid),
   where NVlabs reuses the conditional mask for the unconditional half.
 
-Token budget: ``max_len = len(encode(CHI)) + 300 - 2``; Gemma-2 runs on the whole CHI + prompt sequence
-(the prompt tokens attend causally to the CHI) and BOS + the last 299 positions are kept: 300 tokens.
+Token budget: ``max_len = len(encode(CHI)) + 300 - 2``; Gemma-2 runs on the CHI + prompt sequence (the prompt
+tokens attend causally to the CHI) and BOS + the last 299 positions are kept: 300 tokens. Unlike diffusers, the
+encoder stops at the batch's last real token (the right padding after it cannot change a real token's state), and
+the kept positions the mask excludes are zero instead of Gemma's states of pad tokens, which the transformer's
+masked cross-attention never reads.
 
 Prompt-embedding cache (:class:`PromptCache`): a bounded LRU of encoded texts, keyed by the text encoder (the
 runner object, which holds fixed weights, plus the model id and its backend/precision label), the text, whether
@@ -30,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sana_deploy.models.config import TEXT_MAX_LENGTH
+from sana_deploy.models.config import TEXT_MAX_LENGTH, TEXT_MIN_TOKENS
 
 # diffusers' SanaPipeline default (single-quoted 'Enhanced prompt'); NVlabs' configs use double quotes.
 COMPLEX_HUMAN_INSTRUCTION: tuple[str, ...] = (
@@ -87,17 +90,31 @@ def tokenize(
 def encode(runner: EncoderRunner, tokenized: Tokenized, pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the text-encoder stage and keep Sana's 300 positions: (embeds (B,300,D) fp32, mask (B,300) int64).
 
-    ``pad_to``: a static text-encoder engine's sequence length. Extra right padding is masked out and Gemma
-    is causal, so the kept positions are unchanged by it.
+    Gemma-2 is causal and the padding is on the right, so a real token's state depends only on the real tokens
+    before it. The encoder therefore runs only up to the last real token of the batch (at least
+    ``TEXT_MIN_TOKENS``), not over the whole padded budget: with the CHI and a short prompt that is about half
+    the budget with Gemma's tokenizer (for the usual "" negative prompt, 2 tokens instead of 300). Kept positions
+    the mask excludes are zero: the transformer's cross-attention gives them a -10000 bias, so it never reads them.
+
+    ``pad_to``: a static text-encoder engine's sequence length; the batch is padded (masked) to it instead.
     """
     ids, mask = tokenized.input_ids, tokenized.attention_mask
-    if pad_to is not None and pad_to > ids.shape[1]:
-        extra = pad_to - ids.shape[1]
-        ids = torch.nn.functional.pad(ids, (0, extra), value=0)
-        mask = torch.nn.functional.pad(mask, (0, extra), value=0)
+    if pad_to is not None:
+        if pad_to > ids.shape[1]:
+            extra = pad_to - ids.shape[1]
+            ids = torch.nn.functional.pad(ids, (0, extra), value=0)
+            mask = torch.nn.functional.pad(mask, (0, extra), value=0)
+    else:
+        real = mask.any(dim=0).nonzero()
+        length = max(int(real[-1]) + 1 if len(real) else 0, TEXT_MIN_TOKENS)
+        ids, mask = ids[:, :length], mask[:, :length]
     hidden = runner(input_ids=ids, attention_mask=mask)["last_hidden_state"].float()
     keep = torch.tensor(tokenized.keep)
-    return hidden[:, keep], tokenized.attention_mask[:, keep]
+    kept_mask = tokenized.attention_mask[:, keep]
+    embeds = hidden.new_zeros(hidden.shape[0], len(keep), hidden.shape[2])
+    ran = keep < hidden.shape[1]
+    embeds[:, ran] = hidden[:, keep[ran]]
+    return embeds * kept_mask[..., None].to(embeds.dtype), kept_mask
 
 
 PromptKey = tuple  # (encoder, text, CHI or None, max_length, pad_to)
