@@ -102,6 +102,13 @@ from sana_deploy.runtime.solvers import SAMPLERS
 )
 @variant_options
 @kv_cache_option
+@click.option(
+    "--vae-backend",
+    type=click.Choice(["torch"]),
+    default=None,
+    help="Run the DC-AE stages on eager PyTorch whatever --backend runs the rest. On a CPU in fp32 it uses Winograd "
+    "convolutions, faster there than ONNX Runtime's direct ones (docs/RUNTIME.md).",
+)
 def generate(
     prompt: str | None,
     prompts_file: Path | None,
@@ -135,6 +142,7 @@ def generate(
     pag_scale: float,
     pag_layers: str | None,
     no_kv_cache: bool,
+    vae_backend: str | None,
 ) -> None:
     """Generate images from PROMPT (or --prompts FILE) and write PNGs."""
     prompts = [prompt] if prompt else []
@@ -172,6 +180,7 @@ def generate(
         control_scale=control_scale,
         pag_scale=pag_scale,
         pag_layers=pag_layers,
+        vae_backend=vae_backend,
     )
     for line in generate_images(request):
         click.echo(line)

@@ -11,6 +11,7 @@ import torch
 from sana_deploy.plugins.registry import active_kernels, use_kernels
 from sana_deploy.runners.base import Runner
 from sana_deploy.runners.weights import parameter_name, swappable
+from sana_deploy.runners.winograd import WinogradConvs
 
 # A parameter's weights before any swap are kept on the parameter itself, so runners that share a module (the
 # split's two graphs over one transformer) restore the same base.
@@ -18,7 +19,9 @@ _BASE_ATTR = "_sana_deploy_base_weight"
 
 
 class TorchRunner(Runner):
-    """``kernels``: which implementation of the ``sana::`` ops runs (``reference``, ``inline`` or ``triton``)."""
+    """``kernels``: which implementation of the ``sana::`` ops runs (``reference``, ``inline`` or ``triton``).
+    ``winograd``: run the module's fp32 CPU 3x3 convolutions with Winograd kernels (:mod:`.winograd`);
+    ``winograd_calls`` counts them over this runner's life."""
 
     backend = "torch"
     reentrant = True
@@ -31,10 +34,13 @@ class TorchRunner(Runner):
         output_names: list[str],
         precision: str = "fp32",
         kernels: str = "reference",
+        winograd: bool = False,
     ) -> None:
         super().__init__(component, input_names, output_names, precision)
         self.module = module.eval()
         self.kernels = kernels
+        self.winograd = winograd
+        self.winograd_calls = 0
         self.device = next(self.module.parameters()).device
         self._params = {
             parameter_name(n): p for n, p in self.module.named_parameters() if swappable(parameter_name(n), p)
@@ -63,10 +69,17 @@ class TorchRunner(Runner):
     def infer(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         args = [t.to(self.device) for t in inputs.values()]
         with torch.inference_mode():
-            if active_kernels() == self.kernels:  # no global switch: safe when threads share the runner
-                out = self.module(*args)
+            if not self.winograd:
+                out = self._run(args)
             else:
-                with use_kernels(self.kernels):
-                    out = self.module(*args)
+                with WinogradConvs() as convs:  # a thread-local mode: safe when threads share the runner
+                    out = self._run(args)
+                self.winograd_calls += convs.calls
         outs = out if isinstance(out, tuple) else (out,)
         return dict(zip(self.output_names, outs, strict=True))
+
+    def _run(self, args: list[torch.Tensor]):
+        if active_kernels() == self.kernels:  # no global switch: safe when threads share the runner
+            return self.module(*args)
+        with use_kernels(self.kernels):
+            return self.module(*args)

@@ -38,9 +38,13 @@ from sana_deploy.models.fp8 import to_fp8_
 from sana_deploy.models.loaders import load_components, load_diffusers_folder, load_tokenizer
 from sana_deploy.models.tokenizer import byte_tokenizer
 from sana_deploy.runners import OrtOptions, OrtRunner, Runner, TorchRunner
+from sana_deploy.runners.winograd import winograd_enabled
 from sana_deploy.runtime.providers import RUNTIME_BACKENDS, EngineStages, FixedStages, require_runnable
 
 FIXED_BACKENDS = ("torch", "onnxruntime")
+# The DC-AE stages (decode, and img2img/ControlNet's encode): what ``vae_backend="torch"`` serves with eager torch.
+DCAE_STAGES = ("vae", VAE_ENCODER)
+VAE_BACKENDS = (None, "torch")
 TEXT_GRAPH = SPLIT_TRANSFORMER[0]
 
 
@@ -86,17 +90,42 @@ def cast_components(comps: SanaComponents, precision: str, device: str = "cpu") 
     return comps
 
 
-def torch_runner(comps: SanaComponents, component: str, precision: str, kernels: str | None = None) -> TorchRunner:
-    """Eager torch over the export spec's wrapper of the loaded module (the graph that is exported)."""
+def use_winograd(component: str, precision: str, device: str | torch.device) -> bool:
+    """Winograd convolutions (NNPACK) for the DC-AE stages in fp32 on a CPU, unless ``SANA_DEPLOY_WINOGRAD=0``."""
+    return (
+        component in DCAE_STAGES
+        and component_precision(component, precision) == "fp32"
+        and torch.device(device).type == "cpu"
+        and winograd_enabled()
+    )
+
+
+def torch_runner(
+    comps: SanaComponents, component: str, precision: str, kernels: str | None = None, winograd: bool | None = None
+) -> TorchRunner:
+    """Eager torch over the export spec's wrapper of the loaded module (the graph that is exported).
+    ``winograd``: None (default) means :func:`use_winograd`."""
     spec = SPECS[component](comps)
+    module = spec.wrap(comps)
+    if winograd is None:
+        winograd = use_winograd(component, precision, next(module.parameters()).device)
     return TorchRunner(
-        spec.wrap(comps),
+        module,
         component,
         [t.name for t in spec.inputs],
         [t.name for t in spec.outputs],
         component_precision(component, precision),
         kernels or default_kernels(),
+        winograd,
     )
+
+
+def check_vae_backend(vae_backend: str | None) -> None:
+    if vae_backend not in VAE_BACKENDS:
+        fail(
+            f"vae_backend must be None (the pipeline's backend) or 'torch' (the DC-AE on eager PyTorch, with Winograd "
+            f"convolutions on a CPU), got {vae_backend!r}."
+        )
 
 
 def fixed_stages(
@@ -111,6 +140,7 @@ def fixed_stages(
     kernels: str | None = None,
     variants: tuple[str, ...] = (),
     quantize: str | None = None,
+    vae_backend: str | None = None,
 ) -> FixedStages:
     """Runners over already loaded (and cast) components: eager torch, or ONNX Runtime over their exports.
 
@@ -122,6 +152,9 @@ def fixed_stages(
     ``controlnet``; a loaded ControlNet's two always are); the others are exported on first use when the modules
     are still at hand.
 
+    ``vae_backend="torch"``: the DC-AE stages run on the torch module whatever ``backend`` runs the rest (on a CPU
+    in fp32 its Winograd convolutions decode faster than ONNX Runtime's direct ones, docs/RUNTIME.md).
+
     torch offers every component (the split and the one-graph transformer alike). onnxruntime exports what the
     pipeline runs (``kv_cache``: the split; else the one-graph transformer) into ``export_dir`` on first use, and
     with ``own_modules`` (the caller hands the modules over, as ``from_model`` does) drops the transformer and text
@@ -130,6 +163,7 @@ def fixed_stages(
     """
     check_fixed_backend(backend)
     check_fixed_quantize(backend, quantize)
+    check_vae_backend(vae_backend)
     if quantize == "fp8":
         for module in (comps.transformer, comps.controlnet):
             if module is not None:
@@ -139,6 +173,8 @@ def fixed_stages(
         return _with_controlnet(FixedStages(runners, vae_module=comps.vae, kv_cache=kv_cache), comps)
     root = Path(export_dir) if export_dir is not None else default_export_root(comps.model_id)
     names = tuple(dict.fromkeys(pipeline_components(kv_cache) + variant_graphs(variants, comps)))
+    if vae_backend == "torch":
+        names = tuple(c for c in names if c not in DCAE_STAGES)
     paths = {c: ensure_export(comps, c, precision, root)[0] for c in names}
     if own_modules:
         comps.transformer = comps.text_encoder = None
@@ -159,6 +195,8 @@ def fixed_stages(
 
     optional = (VAE_ENCODER, TEXT_GRAPH, *VARIANT_STEP_GRAPHS, *((CONTROLNET,) if comps.controlnet is not None else ()))
     runners.update({c: (lambda c=c: ort_runner(c)) for c in optional if c not in runners})
+    if vae_backend == "torch":
+        runners.update({c: (lambda c=c: torch_runner(comps, c, precision, kernels)) for c in DCAE_STAGES})
     # the exact tiled decode (large images) runs the torch DC-AE (small next to the others: kept)
     return _with_controlnet(FixedStages(runners, vae_module=comps.vae, kv_cache=kv_cache), comps)
 
@@ -229,9 +267,12 @@ def engine_provider(
     build_kwargs: dict | None = None,
     kv_cache: bool = True,
     controlnet: str | Path | None = None,
+    vae_backend: str | None = None,
 ) -> tuple[EngineStages, object, SanaPreset, str]:
     """An :class:`EngineStages` over ``engine_dir``; misses follow ``on_miss``, the fallback is made on first use.
-    ``controlnet``: a ControlNet folder; its engines are looked up (and built) under its folder's name."""
+    ``controlnet``: a ControlNet folder; its engines are looked up (and built) under its folder's name.
+    ``vae_backend="torch"``: the DC-AE stages run on its torch module (loaded on first use), not on engines."""
+    check_vae_backend(vae_backend)
     if backend not in RUNTIME_BACKENDS or backend == "torch":
         fail(f"Engine backend must be one of auto, onnxruntime, aoti, tensorrt, tensorrt-rtx; got {backend!r}.")
     chosen, _why = get_backend(backend)  # installed? (clear error otherwise); auto: one whose engines run here
@@ -266,6 +307,17 @@ def engine_provider(
         component_models=component_models,
     )
     provider.controlnet_layers = controlnet_layers
+    if vae_backend == "torch":
+        dcae: list[SanaComponents] = []  # the DC-AE alone, loaded once for both stages (under the provider's lock)
+
+        def dcae_runner(component: str) -> Runner:
+            if not dcae:
+                comps = load_components(model, ("vae",), random_weights=random_weights)
+                comps.vae = comps.vae.to(device=device, dtype=component_dtype("vae", fb_precision)).eval()
+                dcae.append(comps)
+            return torch_runner(dcae[0], component, fb_precision)
+
+        provider.overrides = {c: (lambda c=c: dcae_runner(c)) for c in DCAE_STAGES}
     return provider, tokenizer, preset, model_id
 
 

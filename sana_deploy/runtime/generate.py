@@ -66,6 +66,7 @@ class GenerateRequest:
     control_scale: float = 1.0  # the ControlNet's residuals are scaled by this
     pag_scale: float = 0.0  # perturbed-attention guidance (0: off)
     pag_layers: str | None = None  # PAG's blocks, e.g. "8" or "8,14" [the model's default]
+    vae_backend: str | None = None  # "torch": the DC-AE stages on eager PyTorch (Winograd convolutions on a CPU)
 
 
 def build_pipeline(req: GenerateRequest) -> SanaDeployPipeline:
@@ -118,6 +119,7 @@ def _pipeline(req: GenerateRequest) -> SanaDeployPipeline:
         tiling=tiling,
         kv_cache=req.kv_cache,
         controlnet=req.controlnet,
+        vae_backend=req.vae_backend,
     )
 
 

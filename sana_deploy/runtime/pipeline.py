@@ -26,6 +26,7 @@ from sana_deploy.errors import NonFiniteError, SanaDeployError, fail
 from sana_deploy.models.components import SanaComponents
 from sana_deploy.models.config import LATENT_CHANNELS, TEXT_MAX_LENGTH, SanaPreset
 from sana_deploy.runners import OrtOptions
+from sana_deploy.runners.winograd import winograd_for
 from sana_deploy.runtime.assemble import (
     cast_components,
     check_fixed_backend,
@@ -168,6 +169,7 @@ class SanaDeployPipeline(LoraMixin):
         controlnet: str | Path | None = None,
         variants: tuple[str, ...] = (),
         quantize: str | None = None,
+        vae_backend: str | None = None,
         **kwargs,
     ) -> SanaDeployPipeline:
         """Eager torch (``backend="torch"``) or ONNX Runtime over the ONNX exports (``backend="onnxruntime"``;
@@ -176,7 +178,8 @@ class SanaDeployPipeline(LoraMixin):
         ``controlnet``: a Sana ControlNet folder (diffusers layout) for ``control_image`` requests. ``variants``:
         onnxruntime exports these variant graphs up front too (``("transformer_pag",)`` for PAG requests), since it
         releases the transformer once its graphs are exported. ``quantize="fp8"`` (torch): FP8 transformer
-        linear layers (docs/QUANTIZATION.md)."""
+        linear layers (docs/QUANTIZATION.md). ``vae_backend="torch"``: the DC-AE stages on eager PyTorch (Winograd
+        convolutions on a CPU in fp32, faster there than ONNX Runtime's), whatever runs the rest."""
         check_fixed_backend(backend)
         check_fixed_quantize(backend, quantize)
         comps = load_model(model, precision, random_weights, preset, device, controlnet)
@@ -191,6 +194,7 @@ class SanaDeployPipeline(LoraMixin):
             kernels=kernels,
             variants=variants,
             quantize=quantize,
+            vae_backend=vae_backend,
         )
         return cls(provider, comps.tokenizer, comps.preset, comps.model_id, device=device, **kwargs)
 
@@ -207,6 +211,7 @@ class SanaDeployPipeline(LoraMixin):
         kernels: str | None = None,
         variants: tuple[str, ...] = (),
         quantize: str | None = None,
+        vae_backend: str | None = None,
         **kwargs,
     ) -> SanaDeployPipeline:
         """Over already loaded components (cast in place to the precision policy of ``precision``); a ControlNet in
@@ -217,7 +222,7 @@ class SanaDeployPipeline(LoraMixin):
         comps = cast_components(components, precision, device)
         provider = fixed_stages(
             comps, backend, precision, export_dir, kv_cache=kv_cache, ort_options=ort_options, kernels=kernels,
-            variants=variants, quantize=quantize,
+            variants=variants, quantize=quantize, vae_backend=vae_backend,
         )  # fmt: skip
         return cls(provider, comps.tokenizer, comps.preset, comps.model_id, device=device, **kwargs)
 
@@ -235,16 +240,19 @@ class SanaDeployPipeline(LoraMixin):
         build_kwargs: dict | None = None,
         kv_cache: bool = True,
         controlnet: str | Path | None = None,
+        vae_backend: str | None = None,
         **kwargs,
     ) -> SanaDeployPipeline:
         """Engines from ``engine_dir`` (``sana-deploy build``); a request no engine covers follows ``on_miss``
         (``build``, ``background`` -- serve from ``fallback`` meanwhile -- or ``error``). ``build_kwargs`` go to
         ``build_engines`` on a miss (e.g. ``export_root``, ``static``). ``kv_cache``: run (and build on a miss) the
         caption K/V split, or the one-graph transformer. ``controlnet``: a Sana ControlNet folder, whose engines
-        (``controlnet``, ``transformer_control``) are cached under its folder's name and built like any other."""
+        (``controlnet``, ``transformer_control``) are cached under its folder's name and built like any other.
+        ``vae_backend="torch"``: the DC-AE stages run on eager PyTorch (Winograd convolutions on a CPU in fp32) instead
+        of engines."""
         provider, tokenizer, preset_, model_id = engine_provider(
             engine_dir, model, backend, precision, on_miss, fallback, random_weights, device, build_kwargs, kv_cache,
-            controlnet,
+            controlnet, vae_backend,
         )  # fmt: skip
         return cls(provider, tokenizer, preset_, model_id, device=device, **kwargs)
 
@@ -607,7 +615,8 @@ class SanaDeployPipeline(LoraMixin):
             fail("Exact tiled decode needs the torch DC-AE; this pipeline has none loaded. Use method='latent'.")
         if module is not None:
             backends["vae"] = "torch (exact tiled)"
-            return split_tiled_decode(module, latent, self.tiling.tile), "exact"
+            with winograd_for(module):  # Winograd 3x3 convolutions on an fp32 CPU DC-AE, as its torch runner
+                return split_tiled_decode(module, latent, self.tiling.tile), "exact"
         tile = self.tiling.tile
         vae = self.provider.runner("vae", min(tile, height), min(tile, width), latent.shape[0])
         backends["vae"] = f"{vae.label} (latent tiles)"

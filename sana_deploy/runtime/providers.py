@@ -194,6 +194,8 @@ class EngineStages(StageProvider):
     build_backend: str = ""  # what a miss builds ("auto" resolved to a backend whose engines run here)
     component_models: dict[str, str] = field(default_factory=dict)  # cache model of other weights' graphs (ControlNet)
     events: list[dict] = field(default_factory=list)  # (component, shape, engine key or "fallback"), newest last
+    # components served by these runners (or factories, made on first use) instead of engines: vae_backend="torch"
+    overrides: dict[str, Runner | Callable[[], Runner]] = field(default_factory=dict)
     _runners: dict[str, Runner] = field(default_factory=dict, repr=False)
     _fallback: StageProvider | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -211,6 +213,13 @@ class EngineStages(StageProvider):
         return set(SPLIT_TRANSFORMER) <= kinds or "transformer" not in kinds
 
     def runner(self, component: str, height: int, width: int, batch: int) -> Runner:
+        if component in self.overrides:
+            with self._lock:
+                r = self.overrides[component]
+                if not isinstance(r, Runner):
+                    r = self.overrides[component] = r()
+            self._record(component, {"height": height, "width": width, "batch": batch}, f"override:{r.label}")
+            return r
         kwargs = {**self.build_kwargs, "backend": self.build_backend, "kv_cache": self.kv_cache}
         if self.precision:
             kwargs["precision"] = self.precision

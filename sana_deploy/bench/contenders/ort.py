@@ -9,6 +9,8 @@ Options (``onnxruntime[opt=all,threads=2,spin=1,split=1]``), mapped onto :class:
   split    1: caption K/V once per request (``transformer_text`` + ``transformer_cached``); 0: the one-graph
            ``transformer`` (default 1)
   profile  1: write ONNX Runtime's profiling JSON for every session into the work folder
+  vae      torch: the DC-AE stages on eager PyTorch (Winograd convolutions on a CPU), the pipeline's
+           ``vae_backend="torch"``; onnxruntime (default): on ONNX Runtime like the rest
 The export is the build step: cached under the work folder, keyed by the weights' hash.
 """
 
@@ -20,6 +22,7 @@ from sana_deploy.contract import pipeline_components
 from sana_deploy.errors import fail
 from sana_deploy.export import ensure_export
 from sana_deploy.runners import OrtOptions
+from sana_deploy.runtime.assemble import DCAE_STAGES
 from sana_deploy.runtime.pipeline import SanaDeployPipeline
 
 
@@ -47,12 +50,18 @@ def ort_options(options: dict[str, str], profile_prefix: str | None = None) -> O
 class OrtContender(PipelineContender):
     name = "onnxruntime"
     description = "SanaDeployPipeline over our ONNX exports in ONNX Runtime"
-    option_names = ("opt", "threads", "inter", "spin", "mode", "split", "profile")
+    option_names = ("opt", "threads", "inter", "spin", "mode", "split", "profile", "vae")
 
     def validate(self) -> None:
         super().validate()
         ort_options(self.options)
         flag(self.options, "profile", False)
+        if self.options.get("vae", "onnxruntime") not in ("onnxruntime", "torch"):
+            fail(f"onnxruntime option vae={self.options['vae']!r}: choose onnxruntime or torch.")
+
+    @property
+    def vae_backend(self) -> str | None:
+        return "torch" if self.options.get("vae") == "torch" else None
 
     def unavailable(self, case: BenchCase) -> str | None:
         try:
@@ -69,6 +78,8 @@ class OrtContender(PipelineContender):
         case, root = ctx.case, ctx.export_root
         options = ort_options(self.options)
         names = tuple(dict.fromkeys(pipeline_components(self.split) + case.variant_graphs(self.split)))
+        if self.vae_backend == "torch":
+            names = tuple(c for c in names if c not in DCAE_STAGES)
         cached = [ensure_export(ctx.comps, c, case.precision, root)[1] for c in names]  # the variant's graphs too
         profile = flag(self.options, "profile", False)
         if profile:
@@ -82,12 +93,16 @@ class OrtContender(PipelineContender):
             kv_cache=self.split,
             ort_options=options,
             variants=case.variant_graphs(self.split),
+            vae_backend=self.vae_backend,
         )
         notes = [
             f"opt={options.opt} intra={options.threads or 'all usable cores'} inter={options.inter_threads} "
             f"spin={int(options.spin)} mode={'par' if options.parallel else 'seq'}",
             f"exports in {root}",
         ]
+        if self.vae_backend == "torch":
+            winograd = getattr(pipe.provider.runner("vae", 0, 0, 0), "winograd", False)
+            notes.append(f"DC-AE stages on eager torch ({'Winograd' if winograd else 'direct'} convolutions)")
 
         def release() -> None:
             if profile:  # the sessions write their profiling JSON when profiling ends
