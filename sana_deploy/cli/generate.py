@@ -107,7 +107,7 @@ from sana_deploy.runtime.solvers import SAMPLERS
     type=click.Choice(["torch"]),
     default=None,
     help="Run the DC-AE stages on eager PyTorch whatever --backend runs the rest. On a CPU in fp32 it uses Winograd "
-    "convolutions, faster there than ONNX Runtime's direct ones (docs/RUNTIME.md).",
+    "convolutions; whether that is faster than ONNX Runtime's decode depends on the CPU (docs/RUNTIME.md).",
 )
 def generate(
     prompt: str | None,

@@ -153,7 +153,7 @@ def fixed_stages(
     are still at hand.
 
     ``vae_backend="torch"``: the DC-AE stages run on the torch module whatever ``backend`` runs the rest (on a CPU
-    in fp32 its Winograd convolutions decode faster than ONNX Runtime's direct ones, docs/RUNTIME.md).
+    in fp32 it uses Winograd convolutions; whether that beats ONNX Runtime depends on the CPU, docs/RUNTIME.md).
 
     torch offers every component (the split and the one-graph transformer alike). onnxruntime exports what the
     pipeline runs (``kv_cache``: the split; else the one-graph transformer) into ``export_dir`` on first use, and

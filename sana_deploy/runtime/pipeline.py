@@ -179,7 +179,7 @@ class SanaDeployPipeline(LoraMixin):
         onnxruntime exports these variant graphs up front too (``("transformer_pag",)`` for PAG requests), since it
         releases the transformer once its graphs are exported. ``quantize="fp8"`` (torch): FP8 transformer
         linear layers (docs/QUANTIZATION.md). ``vae_backend="torch"``: the DC-AE stages on eager PyTorch (Winograd
-        convolutions on a CPU in fp32, faster there than ONNX Runtime's), whatever runs the rest."""
+        convolutions on a CPU in fp32; measure against ONNX Runtime's decode on your CPU), whatever runs the rest."""
         check_fixed_backend(backend)
         check_fixed_quantize(backend, quantize)
         comps = load_model(model, precision, random_weights, preset, device, controlnet)
