@@ -16,7 +16,9 @@ The 0.6B case at 1024² (the numbers docs/VARIANTS.md reports) -- heavy: run it 
 
 ``--text-encoder-layers 13`` (half of Gemma-2's 26 layers, at the real width) keeps the fp32 text encoder in memory
 next to the exports and diffusers' copy, as the other CPU result does; pass 26 for the whole Gemma-2. The tiny
-check of the plumbing (seconds): ``python benchmarks/bench_sprint_cpu.py --tiny``.
+check of the plumbing (seconds): ``python benchmarks/bench_sprint_cpu.py --tiny``. If the base half is killed for
+memory, the same command with ``--resume`` keeps the Sprint half from the JSON and runs the base half in a fresh
+process (the result then says so in ``note``).
 """
 
 from __future__ import annotations
@@ -97,6 +99,17 @@ def summary_markdown(s: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def resumed_sprint(path: Path, args: argparse.Namespace) -> dict:
+    """The Sprint half of an earlier process of this command, from its JSON (refused if it is another case)."""
+    if not path.is_file():
+        raise SystemExit(f"--resume: {path} does not exist; run without --resume first.")
+    sprint = json.loads(path.read_text()).get("sprint")
+    case = (sprint or {}).get("cases", [{}])[0]
+    if not sprint or case.get("model") != args.sprint_model or case.get("steps") != args.sprint_steps:
+        raise SystemExit(f"--resume: {path} holds no Sprint half of {args.sprint_model} in {args.sprint_steps} steps.")
+    return sprint
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Sana-Sprint vs base Sana vs diffusers' SanaSprintPipeline, on the CPU")
     p.add_argument("--sprint-model", default="sana-sprint-0.6b-1024")
@@ -121,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--tag", default="")
     p.add_argument("--tiny", action="store_true", help="plumbing check: sana-sprint-tiny vs sana-tiny at 512, 1 run")
+    p.add_argument(
+        "--resume", action="store_true",
+        help="keep the Sprint half already written to this run's JSON (same models, profile and tag) and run only "
+        "the base half, in this fresh process (e.g. after the base half was killed for memory)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     if args.tiny:
         args.sprint_model, args.base_model, args.profile = "sana-sprint-tiny", "sana-tiny", "512"
@@ -134,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     name = f"cpu-sprint-{args.sprint_model}-vs-{args.base_model}-{args.profile}{'-' + args.tag if args.tag else ''}"
     stem = args.out_dir / name
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    sprint = bench(model=args.sprint_model, steps=args.sprint_steps, baseline=True, **sprint_common)
+    resumed = resumed_sprint(stem.with_name(name + ".json"), args) if args.resume else None
+    sprint = resumed or bench(model=args.sprint_model, steps=args.sprint_steps, baseline=True, **sprint_common)
     print(text_table(sprint))
     # kept now: the base run (20 CFG steps, batch 2) needs more memory, and a kill there must not lose this one
     partial = {"format": "sprint-cpu-comparison/1", "summary": None, "sprint": sprint, "base": None}
@@ -145,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     table = summary_markdown(s)
     print(table)
     data = {"format": "sprint-cpu-comparison/1", "summary": s, "sprint": sprint, "base": base}
+    if resumed:
+        data["note"] = "base half run by --resume in a second process, after the Sprint half of the same command"
     print(f"wrote {write_atomic(stem.with_name(name + '.json'), json.dumps(data, indent=2, default=str))}")
     md = f"# {name}\n\n## Summary\n\n{table}\n## Sprint run\n\n{markdown(sprint)}\n## Base run\n\n{markdown(base)}"
     print(f"wrote {write_atomic(stem.with_name(name + '.md'), md)}")
