@@ -3,6 +3,37 @@
 from __future__ import annotations
 
 import pytest
+import torch
+
+from sana_deploy.runners import Runner
+
+
+class RecordingEncoder(Runner):
+    """Wraps a text-encoder runner and records the ``(batch, sequence length)`` of every call."""
+
+    backend = "recording"
+
+    def __init__(self, inner: Runner) -> None:
+        super().__init__(inner.component, inner.input_names, inner.output_names, inner.precision)
+        self.inner, self.shapes = inner, []
+
+    @property
+    def batches(self) -> list[int]:
+        return [b for b, _ in self.shapes]
+
+    @property
+    def lengths(self) -> list[int]:
+        return [n for _, n in self.shapes]
+
+    def infer(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.shapes.append(tuple(inputs["input_ids"].shape))
+        return self.inner.infer(inputs)
+
+
+@pytest.fixture(scope="session")
+def recording_encoder() -> type[RecordingEncoder]:
+    """The :class:`RecordingEncoder` class (tests wrap their own runners in it)."""
+    return RecordingEncoder
 
 
 @pytest.fixture(scope="session")

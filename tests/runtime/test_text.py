@@ -7,29 +7,14 @@ import pytest
 import torch
 
 from sana_deploy.models.config import TEXT_MIN_TOKENS
-from sana_deploy.runners import Runner
 from sana_deploy.runtime.text import COMPLEX_HUMAN_INSTRUCTION, encode, tokenize
 
 
-class LengthRecorder(Runner):
-    """Wraps a text-encoder runner and records the sequence length of every call."""
-
-    backend = "recording"
-
-    def __init__(self, inner: Runner) -> None:
-        super().__init__(inner.component, inner.input_names, inner.output_names, inner.precision)
-        self.inner, self.lengths = inner, []
-
-    def infer(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        self.lengths.append(inputs["input_ids"].shape[1])
-        return self.inner.infer(inputs)
-
-
 @pytest.fixture(scope="module")
-def encoder(tiny):
+def encoder(tiny, recording_encoder):
     from sana_deploy.runtime.assemble import torch_runner
 
-    return LengthRecorder(torch_runner(tiny, "text_encoder", "fp32"))
+    return recording_encoder(torch_runner(tiny, "text_encoder", "fp32"))
 
 
 @pytest.mark.parametrize(
@@ -42,7 +27,7 @@ def test_runs_to_the_last_real_token_and_matches_the_padded_encode(tiny, encoder
     real = int(tok.attention_mask.sum(1).max())
     assert real < budget  # the case is one with padding to skip
 
-    encoder.lengths.clear()
+    encoder.shapes.clear()
     emb, mask = encode(encoder, tok)
     full, full_mask = encode(encoder, tok, pad_to=budget)  # the whole budget, as diffusers runs Gemma-2
     assert encoder.lengths == [real, budget]
@@ -55,7 +40,7 @@ def test_runs_to_the_last_real_token_and_matches_the_padded_encode(tiny, encoder
 def test_empty_prompt_runs_the_shortest_sequence_the_graphs_take(tiny, encoder):
     tok = tokenize(tiny.tokenizer, [""], None)
     assert int(tok.attention_mask.sum()) == 1  # BOS only
-    encoder.lengths.clear()
+    encoder.shapes.clear()
     emb, mask = encode(encoder, tok)
     assert encoder.lengths == [TEXT_MIN_TOKENS]
     assert mask[0, 0] == 1 and not mask[0, 1:].any()
@@ -64,6 +49,6 @@ def test_empty_prompt_runs_the_shortest_sequence_the_graphs_take(tiny, encoder):
 
 def test_static_engine_length_is_still_padded_to(tiny, encoder):
     tok = tokenize(tiny.tokenizer, ["a red fox"], None)
-    encoder.lengths.clear()
+    encoder.shapes.clear()
     encode(encoder, tok, pad_to=tok.input_ids.shape[1] + 16)
     assert encoder.lengths == [tok.input_ids.shape[1] + 16]
