@@ -57,13 +57,10 @@ def conv_shapes(decoder: nn.Module, size: int) -> list[tuple[int, int, int, int]
     return [(ci, co, s, n) for (ci, co, s), n in seen.items()]
 
 
-def timed(fn, runs: int) -> list[float]:
-    out = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - start) * 1e3)
-    return out
+def elapsed_ms(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
 
 
 def main() -> None:
@@ -97,9 +94,9 @@ def main() -> None:
             with WinogradConvs():
                 conv()
             for _ in range(args.runs):  # interleaved
-                times["direct"] += timed(conv, 1)
+                times["direct"].append(elapsed_ms(conv))
                 with WinogradConvs():
-                    times["winograd"] += timed(conv, 1)
+                    times["winograd"].append(elapsed_ms(conv))
         row = {"cin": cin, "cout": cout, "side": side, "count_in_decoder": count, "gflop": flop / 1e9}
         for k, v in times.items():
             s = summarize(v)
@@ -120,7 +117,7 @@ def main() -> None:
     decode = {k: [] for k in runners}
     for _ in range(args.runs):
         for k, r in runners.items():
-            decode[k] += timed(lambda r=r: r(latent=latent), 1)
+            decode[k].append(elapsed_ms(lambda r=r: r(latent=latent)))
     diff = (images["winograd"] - images["direct"]).abs().max().item()
     summary = {k: summarize(v) for k, v in decode.items()}
     speedup = summary["direct"]["median_ms"] / summary["winograd"]["median_ms"]

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["WinogradConvs", "winograd_available", "winograd_enabled", "winograd_for"]
+__all__ = ["WinogradConvs", "winograd_available", "winograd_enabled", "winograd_for", "winograd_suits"]
 
 _CONV2D = (F.conv2d, torch.conv2d)
 _lock = threading.Lock()
@@ -47,12 +47,15 @@ def winograd_enabled() -> bool:
     return os.environ.get("SANA_DEPLOY_WINOGRAD", "1") != "0" and winograd_available()
 
 
+def winograd_suits(device: str | torch.device, dtype: torch.dtype) -> bool:
+    """Whether weights on ``device`` in ``dtype`` should run Winograd: fp32 on a CPU, when :func:`winograd_enabled`."""
+    return torch.device(device).type == "cpu" and dtype == torch.float32 and winograd_enabled()
+
+
 def winograd_for(module: torch.nn.Module) -> AbstractContextManager:
-    """A :class:`WinogradConvs` for an fp32 CPU module when :func:`winograd_enabled`, else a no-op context."""
+    """A :class:`WinogradConvs` for a module whose weights :func:`winograd_suits`, else a no-op context."""
     p = next(module.parameters(), None)
-    if p is not None and p.device.type == "cpu" and p.dtype == torch.float32 and winograd_enabled():
-        return WinogradConvs()
-    return nullcontext()
+    return WinogradConvs() if p is not None and winograd_suits(p.device, p.dtype) else nullcontext()
 
 
 def _pair(v, default: int) -> tuple[int, int] | None:
@@ -80,10 +83,12 @@ class WinogradConvs(TorchFunctionMode):
     """Routes eligible ``conv2d`` calls to NNPACK's Winograd kernels while active (see the module docstring).
 
     ``calls`` counts the convolutions it ran; ``refused`` holds the shapes NNPACK failed on (run directly since).
+    Without a working NNPACK (:func:`winograd_available`, checked once here) every call runs unchanged.
     """
 
     def __init__(self) -> None:
         super().__init__()
+        self.available = winograd_available()
         self.calls = 0
         self.refused: set[tuple] = set()
 
@@ -96,10 +101,10 @@ class WinogradConvs(TorchFunctionMode):
         return func(*args, **kwargs)
 
     def _winograd(self, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor | None:  # noqa: A002 (F.conv2d's names)
-        if not _eligible(input, weight, bias, stride, padding, dilation, groups):
+        if not (self.available and _eligible(input, weight, bias, stride, padding, dilation, groups)):
             return None
         key = (tuple(input.shape), tuple(weight.shape))
-        if key in self.refused or not winograd_available():
+        if key in self.refused:
             return None
         try:
             out = torch._nnpack_spatial_convolution(input.contiguous(), weight, bias, [1, 1], [1, 1])

@@ -6,6 +6,7 @@ objects; the denoiser (caption K/V split or one-graph transformer) is chosen by 
 
 from __future__ import annotations
 
+import functools
 import gc
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +39,7 @@ from sana_deploy.models.fp8 import to_fp8_
 from sana_deploy.models.loaders import load_components, load_diffusers_folder, load_tokenizer
 from sana_deploy.models.tokenizer import byte_tokenizer
 from sana_deploy.runners import OrtOptions, OrtRunner, Runner, TorchRunner
-from sana_deploy.runners.winograd import winograd_enabled
+from sana_deploy.runners.winograd import winograd_suits
 from sana_deploy.runtime.providers import RUNTIME_BACKENDS, EngineStages, FixedStages, require_runnable
 
 FIXED_BACKENDS = ("torch", "onnxruntime")
@@ -92,12 +93,7 @@ def cast_components(comps: SanaComponents, precision: str, device: str = "cpu") 
 
 def use_winograd(component: str, precision: str, device: str | torch.device) -> bool:
     """Winograd convolutions (NNPACK) for the DC-AE stages in fp32 on a CPU, unless ``SANA_DEPLOY_WINOGRAD=0``."""
-    return (
-        component in DCAE_STAGES
-        and component_precision(component, precision) == "fp32"
-        and torch.device(device).type == "cpu"
-        and winograd_enabled()
-    )
+    return component in DCAE_STAGES and winograd_suits(device, component_dtype(component, precision))
 
 
 def torch_runner(
@@ -118,6 +114,11 @@ def torch_runner(
         kernels or default_kernels(),
         winograd,
     )
+
+
+def without_torch_stages(names: tuple[str, ...], vae_backend: str | None) -> tuple[str, ...]:
+    """``names`` less the stages ``vae_backend`` moves to eager torch (nothing to export or build for them)."""
+    return tuple(c for c in names if c not in DCAE_STAGES) if vae_backend == "torch" else names
 
 
 def check_vae_backend(vae_backend: str | None) -> None:
@@ -173,8 +174,7 @@ def fixed_stages(
         return _with_controlnet(FixedStages(runners, vae_module=comps.vae, kv_cache=kv_cache), comps)
     root = Path(export_dir) if export_dir is not None else default_export_root(comps.model_id)
     names = tuple(dict.fromkeys(pipeline_components(kv_cache) + variant_graphs(variants, comps)))
-    if vae_backend == "torch":
-        names = tuple(c for c in names if c not in DCAE_STAGES)
+    names = without_torch_stages(names, vae_backend)
     paths = {c: ensure_export(comps, c, precision, root)[0] for c in names}
     if own_modules:
         comps.transformer = comps.text_encoder = None
@@ -308,16 +308,14 @@ def engine_provider(
     )
     provider.controlnet_layers = controlnet_layers
     if vae_backend == "torch":
-        dcae: list[SanaComponents] = []  # the DC-AE alone, loaded once for both stages (under the provider's lock)
 
-        def dcae_runner(component: str) -> Runner:
-            if not dcae:
-                comps = load_components(model, ("vae",), random_weights=random_weights)
-                comps.vae = comps.vae.to(device=device, dtype=component_dtype("vae", fb_precision)).eval()
-                dcae.append(comps)
-            return torch_runner(dcae[0], component, fb_precision)
+        @functools.cache  # the DC-AE alone, loaded once for both stages (first use is under the provider's lock)
+        def dcae() -> SanaComponents:
+            comps = load_components(model, ("vae",), random_weights=random_weights)
+            comps.vae = comps.vae.to(device=device, dtype=component_dtype("vae", fb_precision)).eval()
+            return comps
 
-        provider.overrides = {c: (lambda c=c: dcae_runner(c)) for c in DCAE_STAGES}
+        provider.overrides = {c: (lambda c=c: torch_runner(dcae(), c, fb_precision)) for c in DCAE_STAGES}
     return provider, tokenizer, preset, model_id
 
 

@@ -22,7 +22,7 @@ from sana_deploy.contract import pipeline_components
 from sana_deploy.errors import fail
 from sana_deploy.export import ensure_export
 from sana_deploy.runners import OrtOptions
-from sana_deploy.runtime.assemble import DCAE_STAGES
+from sana_deploy.runtime.assemble import without_torch_stages
 from sana_deploy.runtime.pipeline import SanaDeployPipeline
 
 
@@ -78,8 +78,7 @@ class OrtContender(PipelineContender):
         case, root = ctx.case, ctx.export_root
         options = ort_options(self.options)
         names = tuple(dict.fromkeys(pipeline_components(self.split) + case.variant_graphs(self.split)))
-        if self.vae_backend == "torch":
-            names = tuple(c for c in names if c not in DCAE_STAGES)
+        names = without_torch_stages(names, self.vae_backend)
         cached = [ensure_export(ctx.comps, c, case.precision, root)[1] for c in names]  # the variant's graphs too
         profile = flag(self.options, "profile", False)
         if profile:
