@@ -76,7 +76,12 @@ def check_onnx_matches(export: Export) -> None:
 
 def cache_key(backend: Backend, model: str, export: Export, precision: str, profile: Profile, options: BuildOptions):
     shapes = profile.input_shapes(export.manifest["inputs"])
-    flags = {**options.key_fields(), "static": profile.static, **quant_flags(export.manifest)}
+    flags = {
+        **options.key_fields(),
+        "static": profile.static,
+        **quant_flags(export.manifest),
+        **backend.key_flags(precision),
+    }
     return CacheKey(
         model=model,
         component=export.component,

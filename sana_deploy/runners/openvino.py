@@ -11,6 +11,9 @@ embedding becomes noise (measured on sana-tiny: 27% relative L2 error of the tra
 PyTorch computes these angles in fp32 under bf16 too. Marking the nodes with OpenVINO's ``precise`` attribute does
 not survive the plugin's transformations, so the input of every ``Sin``/``Cos`` is made an extra (discarded) output:
 the plugin then keeps the angle computation in f32 as graph tail. Gemma-2's rotary embedding is covered the same way.
+The bf16 engines sana-deploy builds also mark every layer but the GEMMs to keep f32
+(``sana_deploy.engines.backends.openvino.keep_f32_outside_gemms``), which covers the angles too; the extra outputs
+keep other IRs right.
 """
 
 from __future__ import annotations

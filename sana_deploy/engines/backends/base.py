@@ -111,6 +111,10 @@ class Backend(ABC):
     def plugin_hashes(self, options: BuildOptions) -> dict[str, str]:
         return {}
 
+    def key_flags(self, precision: str) -> dict:
+        """Backend-specific settings of an engine at ``precision`` that change its artifact (keyed, like options)."""
+        return {}
+
     def export_precision(self, precision: str) -> str:
         """The precision of the ONNX export an engine of ``precision`` is built from (OpenVINO: bf16 is a hint)."""
         return precision
