@@ -8,12 +8,12 @@ bf16 on the CPU: the plugin runs every floating-point node in bf16 except the "g
 output and the last MatMul/FullyConnected/Convolution before it). That puts the angle of a sinusoidal embedding in
 bf16: ``timestep * freq`` reaches ~1000 rad, where bf16's 8-bit mantissa is off by up to 4 rad, and the timestep
 embedding becomes noise (measured on sana-tiny: 27% relative L2 error of the transformer output instead of 0.6%).
-PyTorch computes these angles in fp32 under bf16 too. Marking the nodes with OpenVINO's ``precise`` attribute does
-not survive the plugin's transformations, so the input of every ``Sin``/``Cos`` is made an extra (discarded) output:
-the plugin then keeps the angle computation in f32 as graph tail. Gemma-2's rotary embedding is covered the same way.
-The bf16 engines sana-deploy builds also mark every layer but the GEMMs to keep f32
-(``sana_deploy.engines.backends.openvino.keep_f32_outside_gemms``), which covers the angles too; the extra outputs
-keep other IRs right.
+PyTorch computes these angles in fp32 under bf16 too. The input of every ``Sin``/``Cos`` is made an extra
+(discarded) output: the plugin then keeps the angle computation in f32 as graph tail. Gemma-2's rotary embedding is
+covered the same way. The bf16 engines sana-deploy builds also carry OpenVINO's ``precise`` attribute on every layer
+but the GEMMs (``sana_deploy.engines.backends.openvino.keep_f32_outside_gemms``: the Python API cannot set it, the
+IR stores it), which keeps the angles f32 too, except in nodes the plugin's fusions create; the extra outputs stay
+for those and for IRs without the attribute.
 """
 
 from __future__ import annotations

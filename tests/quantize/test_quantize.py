@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from sana_deploy.engines import EngineCache, build_engines, load_runner
+from sana_deploy.engines.backends.openvino import runtime_precisions
 from sana_deploy.export.quantized import (
     DEFAULT_EXCLUDE,
     QUALITY_BOUNDS,
@@ -259,9 +260,7 @@ def test_int8_engines_build_run_and_match_fp32(backend, int8_recipe, held_out, e
         inputs, ref_te = torch_reference(tiny, "text_encoder", {"batch": 2, "seq": 300})
         te = load_runner(by["text_encoder"])(**inputs)["last_hidden_state"]
         assert 1e-5 < rel_l2(te, ref_te["last_hidden_state"]) <= QUALITY_BOUNDS["int8"]
-        info = cached.compiled.get_runtime_model()
-        precisions = {op.get_rt_info()["runtimePrecision"].astype(str) for op in info.get_ordered_ops()
-                      if op.get_rt_info()["layerType"].astype(str) == "FullyConnected"}  # fmt: skip
+        precisions = set(runtime_precisions(cached.compiled)["FullyConnected"])
         assert precisions & {"i8", "u8"}, precisions
     else:  # ONNX Runtime fuses Q/DQ MatMuls into integer kernels; its text encoder stays fp32
         assert by["text_encoder"].meta["info"].get("weights") is None

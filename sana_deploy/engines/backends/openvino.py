@@ -14,7 +14,7 @@ the element-wise ops. At 0.6B dimensions (28 blocks) that is 1.4e-2 relative L2 
 fp32, while rounding only the GEMMs' operands gives about half of it. The plugin keeps a node's original precision
 when the node carries the ``precise`` runtime attribute (conversion disabled), which the Python API cannot set but
 the IR format stores; a bf16 build writes it into ``model.xml`` for every layer but :data:`BF16_OPS`
-(:func:`keep_f32_outside_gemms`) and checks the compiled model: GEMMs in bf16, no normalisation in bf16.
+(:func:`keep_f32_outside_gemms`) and checks the compiled model (:func:`check_bf16_scope`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 from sana_deploy.engines.backends.base import Backend, BuildJob, BuildOptions, BuildOutput, EngineBuildError
 from sana_deploy.errors import SanaDeployError, fail
 from sana_deploy.export.inline import write_inlined
+from sana_deploy.fileio import atomic_path
 from sana_deploy.runners.openvino import HINTS, check_precision, compile_model
 
 ARTIFACT = "model.xml"  # the IR; its weights are model.bin beside it
@@ -34,7 +35,7 @@ ARTIFACT = "model.xml"  # the IR; its weights are model.bin beside it
 WEIGHT_ONLY_INT8 = ("text_encoder",)
 # IR layer types that a bf16 engine runs in bf16; every other float layer keeps f32
 BF16_OPS = ("MatMul", "Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData")
-_UNTYPED = ("Parameter", "Result", "Const")
+_IO_AND_CONSTANTS = ("Parameter", "Result", "Const")
 # OpenVINO's "precise" runtime attribute (disable precision conversion) as the IR stores it: no conversion of the
 # layer's float precision to a reduced one, which the CPU plugin reads as "keep the original precision"
 _KEEP_F32 = {"name": "precise", "version": "0", "value": "dynamic:f16"}
@@ -74,9 +75,8 @@ class OpenVinoBackend(Backend):
                 model, weights = _compress_weights(model, job), "int8 weight-only (nncf.compress_weights)"
             ov.save_model(model, str(job.out_dir / ARTIFACT), compress_to_fp16=False)
             del model
-        info: dict = {}
+        info = dict(self.key_flags(job.precision))
         if hint == "bf16":
-            info["bf16_scope"] = "gemm"
             info["f32_layers"] = keep_f32_outside_gemms(job.out_dir / ARTIFACT)
         job.progress(f"compiling for the CPU ({hint})")
         try:  # what loading will do: fails now, with the reason, instead of at the first request
@@ -115,12 +115,12 @@ def keep_f32_outside_gemms(xml_path: Path) -> int:
     """Mark every float layer of the IR at ``xml_path`` but :data:`BF16_OPS` to keep its precision; returns how many.
 
     The attribute goes in the layer's ``rt_info`` element, where ``openvino.save_model`` writes runtime attributes
-    and the IR reader restores them. The file is rewritten through a temporary file renamed into place.
+    and the IR reader restores them. The file is rewritten atomically.
     """
     tree = ET.parse(xml_path)
     marked = 0
     for layer in tree.getroot().iter("layer"):
-        if layer.get("type") in BF16_OPS or layer.get("type") in _UNTYPED:
+        if layer.get("type") in BF16_OPS or layer.get("type") in _IO_AND_CONSTANTS:
             continue
         rt_info = layer.find("rt_info")
         if rt_info is None:
@@ -129,9 +129,8 @@ def keep_f32_outside_gemms(xml_path: Path) -> int:
         if not any(a.get("name") == _KEEP_F32["name"] for a in rt_info.iter("attribute")):
             ET.SubElement(rt_info, "attribute", _KEEP_F32)
             marked += 1
-    tmp = xml_path.with_name(f".{xml_path.name}.tmp")
-    tree.write(tmp, encoding="utf-8", xml_declaration=True)
-    tmp.replace(xml_path)
+    with atomic_path(xml_path) as tmp:
+        tree.write(tmp, encoding="utf-8", xml_declaration=True)
     return marked
 
 
